@@ -1,0 +1,3 @@
+//! Support code shared by Sluice's integration and end-to-end tests.
+
+pub mod services;

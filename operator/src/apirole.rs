@@ -1,0 +1,229 @@
+//! The ApiRole controller: generates missing API keys, revokes keys removed from the spec,
+//! and reports which DataApis the role is bound to.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use sluice_crds::apirole::generated_key_secret_name;
+use sluice_crds::{ApiRole, ApiRoleStatus};
+use tracing::{info, instrument, warn};
+
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::{Doing, Error};
+use crate::keys::{KEY_DATA_KEY, generate_key, key_secret, secret_value};
+use crate::status::{self, Decided, reason};
+
+/// Label on generated key Secrets naming their role, used to find keys to revoke.
+pub const ROLE_LABEL: &str = "sluice.dev/api-role";
+/// Label on generated key Secrets naming their key.
+pub const KEY_LABEL: &str = "sluice.dev/api-key";
+
+/// Reconciles one ApiRole.
+#[instrument(skip_all, fields(apirole = %role.name_any(), namespace = role.namespace().unwrap_or_default()))]
+pub async fn reconcile(role: Arc<ApiRole>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = role.namespace().unwrap_or_default();
+    let role_name = role.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    let mut generated = Vec::new();
+    let mut usable_keys = 0;
+    let mut key_problems = Vec::new();
+    for key in &role.spec.api_keys {
+        match &key.secret_ref {
+            None => {
+                let name = generated_key_secret_name(&role_name, &key.name);
+                ensure_generated_key(&secrets, &role, &ctx, &key.name, &name).await?;
+                generated.push(name);
+                usable_keys += 1;
+            }
+            Some(reference) => {
+                let secret = secrets
+                    .get_opt(&reference.name)
+                    .await
+                    .doing(|| format!("reading Secret {namespace}/{}", reference.name))?;
+                match secret.as_ref().map(|s| secret_value(s, &reference.key)) {
+                    Some(Some(_)) => usable_keys += 1,
+                    Some(None) => key_problems.push(format!(
+                        "key \"{}\": secret \"{}\" has no key \"{}\"",
+                        key.name, reference.name, reference.key
+                    )),
+                    None => key_problems.push(format!("key \"{}\": secret \"{}\" not found", key.name, reference.name)),
+                }
+            }
+        }
+    }
+    revoke_removed_keys(&secrets, &role, &namespace).await?;
+
+    let existing: BTreeSet<String> = ctx
+        .data_apis
+        .state()
+        .iter()
+        .filter(|api| api.namespace().as_deref() == Some(namespace.as_str()))
+        .map(|api| api.name_any())
+        .collect();
+    let (bound, missing): (Vec<String>, Vec<String>) = role
+        .spec
+        .data_apis
+        .iter()
+        .cloned()
+        .partition(|name| existing.contains(name));
+    let ready = if !missing.is_empty() {
+        Decided::falsy(
+            status::READY,
+            reason::DATA_API_NOT_FOUND,
+            format!(
+                "spec.dataApis names {} not found in namespace {namespace}; create {} or remove {} from spec.dataApis",
+                quoted(&missing),
+                if missing.len() == 1 { "it" } else { "them" },
+                if missing.len() == 1 { "it" } else { "them" },
+            ),
+        )
+    } else if !key_problems.is_empty() {
+        Decided::falsy(
+            status::READY,
+            reason::SECRET_NOT_FOUND,
+            format!("spec.apiKeys: {}", key_problems.join("; ")),
+        )
+    } else {
+        Decided::truthy(status::READY, reason::BOUND, format!("bound to {}", quoted(&bound)))
+    };
+
+    let previous = role.status.clone().unwrap_or_default();
+    let next = ApiRoleStatus {
+        observed_generation: role.meta().generation,
+        conditions: status::merge(
+            &previous.conditions,
+            vec![ready],
+            role.meta().generation,
+            Timestamp::now(),
+        ),
+        bound_data_apis: bound,
+        keys: Some(usable_keys),
+        key_secrets: generated,
+    };
+    if next != previous {
+        let patch = serde_json::json!({ "apiVersion": "sluice.dev/v1alpha1", "kind": "ApiRole", "status": next });
+        Api::<ApiRole>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &role_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .doing(|| "writing the ApiRole's status".into())?;
+    }
+    ctx.succeeded(&failure_key(&role));
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+}
+
+/// Creates the key's Secret when it does not exist. Never overwrites: a key is regenerated
+/// only when its Secret is deleted (the documented rotation).
+async fn ensure_generated_key(
+    secrets: &Api<Secret>,
+    role: &ApiRole,
+    ctx: &Context,
+    key_name: &str,
+    secret_name: &str,
+) -> Result<(), Error> {
+    let present = secrets
+        .get_opt(secret_name)
+        .await
+        .doing(|| format!("reading Secret {secret_name}"))?;
+    if present.and_then(|s| secret_value(&s, KEY_DATA_KEY)).is_some() {
+        return Ok(());
+    }
+    let created = secrets
+        .create(&PostParams::default(), &key_secret(role, key_name, &generate_key()))
+        .await;
+    match created {
+        Ok(_) => {
+            info!(secret = secret_name, "generated an API key");
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "KeyGenerated".into(),
+                note: Some(format!(
+                    "generated API key \"{key_name}\" into Secret \"{secret_name}\""
+                )),
+                action: "GenerateKey".into(),
+                secondary: None,
+            };
+            if let Err(error) = ctx.recorder.publish(&event, &role.object_ref(&())).await {
+                warn!(%error, "could not publish an event");
+            }
+            Ok(())
+        }
+        // Another reconcile (or a user) created it first; it is kept as it is.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!("creating Secret {secret_name}"),
+            source,
+        }),
+    }
+}
+
+/// Deletes generated key Secrets whose key no longer appears in the spec, revoking the key.
+async fn revoke_removed_keys(secrets: &Api<Secret>, role: &ApiRole, namespace: &str) -> Result<(), Error> {
+    let role_name = role.name_any();
+    let wanted: BTreeSet<&str> = role
+        .spec
+        .api_keys
+        .iter()
+        .filter(|k| k.secret_ref.is_none())
+        .map(|k| k.name.as_str())
+        .collect();
+    let owned = secrets
+        .list_metadata(&ListParams::default().labels(&format!("{ROLE_LABEL}={role_name}")))
+        .await
+        .doing(|| format!("listing the key Secrets of ApiRole {namespace}/{role_name}"))?;
+    let uid = role.meta().uid.clone();
+    for secret in owned.items {
+        let owned_by_role = secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == uid.as_ref());
+        let key = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(KEY_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        if owned_by_role && !wanted.contains(key.as_str()) {
+            let name = secret.name_any();
+            match secrets.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => info!(secret = %name, "revoked an API key removed from the spec"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => {
+                    return Err(Error::Kube {
+                        action: format!("deleting Secret {name}"),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Logs the failure and retries `role` with exponential backoff.
+pub fn error_policy(role: Arc<ApiRole>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff(&failure_key(&role));
+    warn!(apirole = %role.name_any(), %error, kind = error.metric_label(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn failure_key(role: &ApiRole) -> String {
+    format!("ApiRole/{}/{}", role.namespace().unwrap_or_default(), role.name_any())
+}

@@ -1,0 +1,389 @@
+//! The DataApi controller: dereference Secrets and roles → resolve the config → apply the
+//! children with server-side apply → write status only when it changed.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use sluice_crds::apirole::generated_key_secret_name;
+use sluice_crds::common::SecretKeyRef;
+use sluice_crds::{ApiRole, DataApi, DataApiStatus, KeyHashes, RuntimeConfig, resolve};
+use tracing::{info, instrument, warn};
+
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::{Doing, Error};
+use crate::keys::{KEY_DATA_KEY, secret_value};
+use crate::resources::{self, ChildNames, PodInputs, RESTART_HASH_ANNOTATION};
+use crate::status::{self, Decided, Rollout, reason};
+
+/// Why a DataApi cannot be deployed as it stands; becomes `ConfigValid=False`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything needed to apply a valid DataApi.
+struct Plan {
+    config: RuntimeConfig,
+    inputs: PodInputs,
+    roles: Vec<String>,
+}
+
+/// Reconciles one DataApi.
+#[instrument(skip_all, fields(dataapi = %api.name_any(), namespace = api.namespace().unwrap_or_default()))]
+pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = api.namespace().unwrap_or_default();
+    let planned = plan(&api, &ctx, &namespace).await?;
+    let previous = api.status.clone().unwrap_or_default();
+    let mut next = DataApiStatus {
+        config_secret: previous.config_secret.clone(),
+        ..DataApiStatus::default()
+    };
+
+    let decided = match &planned {
+        Ok(plan) => {
+            let rollout = apply_children(&api, &ctx, &namespace, plan).await?;
+            let names = ChildNames::for_data_api(&api.name_any());
+            let urls = resources::urls(&api);
+            next.url = Some(urls.base);
+            next.rest_url = urls.rest;
+            next.mcp_url = urls.mcp;
+            next.openapi_url = urls.openapi;
+            next.replicas = Some(rollout.desired);
+            next.ready_replicas = Some(rollout.ready);
+            next.bound_roles = plan.roles.clone();
+            next.config_secret = Some(names.config_secret);
+            status::workload_conditions(&rollout, &names.workload)
+        }
+        Err(invalid) => {
+            next.replicas = previous.replicas;
+            next.ready_replicas = previous.ready_replicas;
+            next.url = previous.url.clone();
+            status::invalid_config_conditions(invalid.reason, invalid.message.clone())
+        }
+    };
+    announce_config_change(&api, &ctx, &previous, &decided).await;
+    next.observed_generation = api.meta().generation;
+    next.conditions = status::merge(&previous.conditions, decided, api.meta().generation, Timestamp::now());
+    if next != previous {
+        let patch = serde_json::json!({ "apiVersion": "sluice.dev/v1alpha1", "kind": "DataApi", "status": next });
+        Api::<DataApi>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &api.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .doing(|| "writing the DataApi's status".into())?;
+    }
+    ctx.succeeded(&failure_key(&api));
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// Emits a Warning when the config turns invalid (or changes why), and a Normal event when it
+/// turns valid again: on transitions only, never on a no-op reconcile.
+async fn announce_config_change(api: &DataApi, ctx: &Context, previous: &DataApiStatus, decided: &[Decided]) {
+    let Some(now) = decided.iter().find(|c| c.type_ == status::CONFIG_VALID) else {
+        return;
+    };
+    let before = previous.conditions.iter().find(|c| c.type_ == status::CONFIG_VALID);
+    let unchanged = before
+        .is_some_and(|c| (c.status == "True") == now.status && c.reason == now.reason && c.message == now.message);
+    if unchanged || (now.status && before.is_none()) {
+        return;
+    }
+    let event = Event {
+        type_: if now.status {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: now.reason.to_owned(),
+        note: Some(truncate(&now.message, 1000)),
+        action: "Resolve".into(),
+        secondary: None,
+    };
+    publish(ctx, api, event).await;
+}
+
+async fn publish(ctx: &Context, api: &DataApi, event: Event) {
+    if let Err(error) = ctx.recorder.publish(&event, &api.object_ref(&())).await {
+        warn!(%error, reason = %event.reason, "could not publish an event");
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.char_indices()
+        .take_while(|(i, _)| *i < max)
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// Dereferences Secrets and roles and resolves the config. `Ok(Err(_))` is a spec the user must
+/// fix; `Err(_)` is an API failure worth retrying.
+async fn plan(api: &DataApi, ctx: &Context, namespace: &str) -> Result<Result<Plan, Invalid>, Error> {
+    let name = api.name_any();
+    if let Err(message) = resources::check_name(&name) {
+        return Ok(Err(Invalid::new(reason::INVALID_NAME, message)));
+    }
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
+    let database_url = match &api.spec.database.connection_secret_ref {
+        Some(reference) => {
+            match read_secret_key(&secrets, namespace, reference, "spec.database.connectionSecretRef").await? {
+                Ok(value) => Some(value),
+                Err(invalid) => return Ok(Err(invalid)),
+            }
+        }
+        None => None,
+    };
+    let jwt_secret = match api.spec.auth.jwt.as_ref().and_then(|jwt| jwt.hmac_secret_ref.as_ref()) {
+        Some(reference) => {
+            match read_secret_key(&secrets, namespace, reference, "spec.auth.jwt.hmacSecretRef").await? {
+                Ok(value) => Some(value),
+                Err(invalid) => return Ok(Err(invalid)),
+            }
+        }
+        None => None,
+    };
+    let extra_volumes = match resources::pod_volumes(api) {
+        Ok(volumes) => volumes,
+        Err(message) => return Ok(Err(Invalid::new(reason::INVALID_SPEC, message))),
+    };
+
+    let roles: Vec<ApiRole> = ctx
+        .roles
+        .state()
+        .iter()
+        .filter(|role| role.namespace().as_deref() == Some(namespace) && role.spec.data_apis.contains(&name))
+        .map(|role| (**role).clone())
+        .collect();
+    let hashes = match key_hashes(&secrets, namespace, &roles).await? {
+        Ok(hashes) => hashes,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
+    let config = match resolve(api, &roles, &hashes) {
+        Ok(config) => config,
+        Err(error) => return Ok(Err(Invalid::new(reason::INVALID_SPEC, error.to_string()))),
+    };
+    let mut role_names: Vec<String> = roles.iter().map(ResourceExt::name_any).collect();
+    role_names.sort();
+    Ok(Ok(Plan {
+        config,
+        inputs: PodInputs {
+            image: api
+                .spec
+                .runtime
+                .image
+                .clone()
+                .unwrap_or_else(|| ctx.settings.runtime_image.clone()),
+            database_url_digest: database_url.map(|value| digest(&value)),
+            jwt_secret_digest: jwt_secret.map(|value| digest(&value)),
+            extra_volumes,
+        },
+        roles: role_names,
+    }))
+}
+
+fn digest(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+/// Reads `reference` from the namespace's Secrets; a missing Secret or key is the user's to fix.
+async fn read_secret_key(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    reference: &SecretKeyRef,
+    field: &str,
+) -> Result<Result<String, Invalid>, Error> {
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .doing(|| format!("reading Secret {namespace}/{}", reference.name))?;
+    let Some(secret) = secret else {
+        return Ok(Err(Invalid::new(
+            reason::SECRET_NOT_FOUND,
+            format!(
+                "{field}: secret \"{}\" not found in namespace {namespace}; create it with key \"{}\"",
+                reference.name, reference.key
+            ),
+        )));
+    };
+    Ok(secret_value(&secret, &reference.key).ok_or_else(|| {
+        Invalid::new(
+            reason::SECRET_KEY_MISSING,
+            format!(
+                "{field}: secret \"{}\" has no key \"{}\" in namespace {namespace}",
+                reference.name, reference.key
+            ),
+        )
+    }))
+}
+
+/// Hashes every API key of `roles`: user-provided ones from their Secret, generated ones from
+/// the Secret the ApiRole controller creates.
+async fn key_hashes(
+    secrets: &Api<Secret>,
+    namespace: &str,
+    roles: &[ApiRole],
+) -> Result<Result<KeyHashes, Invalid>, Error> {
+    let mut hashes = KeyHashes::new();
+    for role in roles {
+        let role_name = role.name_any();
+        for key in &role.spec.api_keys {
+            let value = match &key.secret_ref {
+                Some(reference) => {
+                    let field = format!("ApiRole {role_name}: spec.apiKeys \"{}\".secretRef", key.name);
+                    match read_secret_key(secrets, namespace, reference, &field).await? {
+                        Ok(value) => value,
+                        Err(invalid) => return Ok(Err(invalid)),
+                    }
+                }
+                None => {
+                    let secret_name = generated_key_secret_name(&role_name, &key.name);
+                    let generated = secrets
+                        .get_opt(&secret_name)
+                        .await
+                        .doing(|| format!("reading Secret {namespace}/{secret_name}"))?
+                        .and_then(|secret| secret_value(&secret, KEY_DATA_KEY));
+                    match generated {
+                        Some(value) => value,
+                        None => {
+                            return Ok(Err(Invalid::new(
+                                reason::KEY_PENDING,
+                                format!(
+                                    "waiting for the operator to generate Secret \"{secret_name}\" for key \"{}\" of ApiRole {role_name}",
+                                    key.name
+                                ),
+                            )));
+                        }
+                    }
+                }
+            };
+            hashes.insert_plaintext(&role_name, &key.name, value.trim());
+        }
+    }
+    Ok(Ok(hashes))
+}
+
+/// Applies the config Secret, Deployment, Service and PodDisruptionBudget; returns the
+/// Deployment's rollout state as the API server reports it after the apply.
+async fn apply_children(api: &DataApi, ctx: &Context, namespace: &str, plan: &Plan) -> Result<Rollout, Error> {
+    let names = ChildNames::for_data_api(&api.name_any());
+    let client = &ctx.client;
+    apply(
+        &Api::namespaced(client.clone(), namespace),
+        &names.config_secret,
+        &resources::config_secret(api, &plan.config),
+    )
+    .await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let existing = deployments
+        .get_opt(&names.workload)
+        .await
+        .doing(|| format!("reading Deployment {namespace}/{}", names.workload))?;
+    let desired = resources::deployment(api, &plan.inputs);
+    let applied = apply(&deployments, &names.workload, &desired).await?;
+    announce_rollout(api, ctx, existing.as_ref(), &desired).await;
+
+    apply(
+        &Api::<Service>::namespaced(client.clone(), namespace),
+        &names.workload,
+        &resources::service(api),
+    )
+    .await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    match resources::disruption_budget(api) {
+        Some(budget) => {
+            apply(&budgets, &names.workload, &budget).await?;
+        }
+        None => {
+            let deleted = budgets.delete(&names.workload, &DeleteParams::default()).await;
+            match deleted {
+                Ok(_) => info!("deleted the PodDisruptionBudget: one replica cannot tolerate a disruption budget"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => {
+                    return Err(Error::Kube {
+                        action: format!("deleting PodDisruptionBudget {namespace}/{}", names.workload),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(Rollout::of(&applied))
+}
+
+async fn announce_rollout(api: &DataApi, ctx: &Context, existing: Option<&Deployment>, desired: &Deployment) {
+    let restart_hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(RESTART_HASH_ANNOTATION).cloned())
+    };
+    let event = match existing {
+        None => Event {
+            type_: EventType::Normal,
+            reason: "Created".into(),
+            note: Some(format!(
+                "created the runtime Deployment, Service and config Secret for {}",
+                api.name_any()
+            )),
+            action: "Apply".into(),
+            secondary: None,
+        },
+        Some(existing) if restart_hash(existing) != restart_hash(desired) => Event {
+            type_: EventType::Normal,
+            reason: "RollingOut".into(),
+            note: Some("the image, database connection or pool settings changed; rolling the runtime pods".into()),
+            action: "Apply".into(),
+            secondary: None,
+        },
+        Some(_) => return,
+    };
+    publish(ctx, api, event).await;
+}
+
+/// Server-side apply with the operator's field manager. Applying an unchanged object is a no-op
+/// on the API server: no new resourceVersion, nothing for GitOps tools to see.
+async fn apply<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+        .await
+        .doing(|| format!("applying {} {name}", K::kind(&())))
+}
+
+/// Logs the failure and retries `api` with exponential backoff.
+pub fn error_policy(api: Arc<DataApi>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff(&failure_key(&api));
+    warn!(dataapi = %api.name_any(), %error, kind = error.metric_label(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn failure_key(api: &DataApi) -> String {
+    format!("DataApi/{}/{}", api.namespace().unwrap_or_default(), api.name_any())
+}

@@ -1,0 +1,102 @@
+//! API keys: generated once into a Secret per key, read back only to hash them.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use sluice_crds::ApiRole;
+use sluice_crds::apirole::generated_key_secret_name;
+
+/// Prefix of every generated key, so leaked keys are recognisable by secret scanners.
+pub const KEY_PREFIX: &str = "sluice_";
+/// The data key holding the API key in a generated Secret.
+pub const KEY_DATA_KEY: &str = "api-key";
+/// Bytes of randomness in a generated key (256 bits).
+const KEY_BYTES: usize = 32;
+
+/// A new random API key: the prefix and 256 bits from the OS's CSPRNG, base64url-encoded.
+pub fn generate_key() -> String {
+    let mut bytes = [0u8; KEY_BYTES];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// The Secret a generated key lives in, owned by its role so it goes when the role goes.
+pub fn key_secret(role: &ApiRole, key_name: &str, key: &str) -> Secret {
+    let role_name = role.name_any();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(generated_key_secret_name(&role_name, key_name)),
+            namespace: role.namespace(),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/part-of".to_owned(), "sluice".to_owned()),
+                ("app.kubernetes.io/managed-by".to_owned(), "sluice-operator".to_owned()),
+                ("sluice.dev/api-role".to_owned(), role_name),
+                ("sluice.dev/api-key".to_owned(), key_name.to_owned()),
+            ])),
+            owner_references: Some(vec![
+                role.controller_owner_ref(&()).expect("a stored ApiRole has a uid"),
+            ]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            KEY_DATA_KEY.to_owned(),
+            ByteString(key.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The value under `key` in `secret`, as text.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let from_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    from_data.or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_prefixed_long_and_distinct() {
+        let first = generate_key();
+        let second = generate_key();
+
+        assert!(first.starts_with(KEY_PREFIX));
+        let encoded = &first[KEY_PREFIX.len()..];
+        assert_eq!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded)
+                .unwrap()
+                .len(),
+            32
+        );
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn key_secret_is_owned_by_its_role() {
+        let mut role: ApiRole = serde_yaml::from_str(
+            "apiVersion: sluice.dev/v1alpha1\nkind: ApiRole\nmetadata: { name: analyst, namespace: team-a, uid: u-1 }\nspec: { dataApis: [sales] }",
+        )
+        .unwrap();
+        role.metadata.uid = Some("u-1".into());
+
+        let secret = key_secret(&role, "dashboard", "sluice_abc");
+
+        assert_eq!(secret.metadata.name.as_deref(), Some("analyst-key-dashboard"));
+        assert_eq!(secret.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
+        assert_eq!(secret_value(&secret, KEY_DATA_KEY).as_deref(), Some("sluice_abc"));
+    }
+}

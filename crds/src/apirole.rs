@@ -28,7 +28,7 @@ use crate::common::{RateLimit, SecretKeyRef, any_json_value};
 #[serde(rename_all = "camelCase")]
 pub struct ApiRoleSpec {
     /// Names of the DataApis in this namespace this role applies to.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 253)))]
     pub data_apis: Vec<String>,
     /// What this role is for; shown in OpenAPI and audit tooling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +39,7 @@ pub struct ApiRoleSpec {
     pub subjects: Subjects,
     /// What the role may do. Anything no rule allows is denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub rules: Vec<AccessRule>,
     /// Rate limit per caller with this role. Unset: the DataApi's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +54,7 @@ pub struct ApiRoleSpec {
     /// into the Secret `<role>-key-<name>`; with it, the key is read from that Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = 64))]
     pub api_keys: Vec<ApiKeySpec>,
 }
 
@@ -62,6 +64,7 @@ pub struct ApiRoleSpec {
 pub struct Subjects {
     /// Values of the DataApi's JWT role claim that map to this role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub jwt_roles: Vec<String>,
 }
 
@@ -84,10 +87,10 @@ pub enum Verb {
 #[serde(rename_all = "camelCase")]
 pub struct AccessRule {
     /// Glob patterns (`*`, `?`) of table and view names; `_query/<name>` names a named query.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 128), inner(length(min = 1, max = 256)))]
     pub tables: Vec<String>,
     /// Allowed verbs.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 4))]
     pub verbs: Vec<Verb>,
     /// Which columns the role sees and writes. Unset: all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +98,7 @@ pub struct AccessRule {
     /// Predicates every row the role reads, updates or deletes must satisfy, and every row it
     /// inserts or updates must still satisfy afterwards. All must hold (AND).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub row_filter: Vec<RowPredicate>,
     /// Most rows one response may carry for this role, whatever `limit` asks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,12 +113,15 @@ pub struct AccessRule {
 pub struct FieldRules {
     /// Only these columns are visible and writable.
     #[serde(default)]
+    #[schemars(length(max = 512), inner(length(min = 1, max = 128)))]
     pub allow: Vec<String>,
     /// These columns are invisible: not selectable, filterable, orderable or writable.
     #[serde(default)]
+    #[schemars(length(max = 512), inner(length(min = 1, max = 128)))]
     pub deny: Vec<String>,
     /// Columns returned with their value replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub mask: Vec<FieldMask>,
 }
 

@@ -56,7 +56,7 @@ pub struct DataApiSpec {
     /// Named, reviewed, parameterised SQL queries. Each is served at `REST <basePath>/_query/<name>`
     /// and as one MCP tool. Their SQL is written by the DataApi's author, never by callers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub queries: Vec<NamedQuery>,
     /// How the runtime pods run.
     #[serde(default)]
@@ -107,12 +107,15 @@ pub struct DatabaseSpec {
     /// Schemas to expose. Empty: `public` on PostgreSQL, the connection's database on MySQL,
     /// `main` on SQLite.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub schemas: Vec<String>,
     /// Glob patterns (`*`, `?`) of the tables and views to expose. Empty: all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub include: Vec<String>,
     /// Glob patterns of tables and views to hide, applied after `include`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub exclude: Vec<String>,
     /// Refuse every write, whatever the roles allow; reads run in read-only transactions.
     #[serde(default)]
@@ -243,6 +246,7 @@ pub struct McpSpec {
     /// Browser origins allowed to call the endpoint (`Origin` header). Requests without an
     /// `Origin` header (agents, CLIs) are always allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub allowed_origins: Vec<String>,
 }
 
@@ -306,7 +310,7 @@ pub struct JwtSpec {
     #[schemars(length(min = 1, max = 2048))]
     pub issuer: String,
     /// Accepted `aud` values; a token must carry at least one of them.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 1024)))]
     pub audiences: Vec<String>,
     /// URL of the issuer's JSON Web Key Set, for RS256 and ES256 tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -370,7 +374,7 @@ pub struct NamedQuery {
     pub sql: String,
     /// The query's parameters, bound as values, never spliced into the SQL.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub parameters: Vec<QueryParameter>,
     /// The query modifies data: it runs in a read-write transaction and needs the `create`,
     /// `update` or `delete` verb on the `_query/<name>` table rule.

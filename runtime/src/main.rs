@@ -1,17 +1,189 @@
-//! `sluice-runtime`: serves one DataApi's database as a governed REST API and MCP endpoint.
+//! `sluice-runtime`: serves one DataApi's database as a documented REST API.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// Serves a database as a governed REST API and MCP endpoint.
+use clap::{Args, Parser, Subcommand};
+use sluice_runtime::config::{self, DatabaseLocation, Loaded};
+use sluice_runtime::db::Database;
+use sluice_runtime::{app, build_app, server};
+
+/// Serves a database as a governed REST API.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-runtime", version, about)]
-struct Args {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _args = Args::parse();
-    eprintln!(
-        "sluice-runtime {}: serving is not built yet (see the project's issues); nothing to do",
-        env!("CARGO_PKG_VERSION")
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the REST API, OpenAPI document and docs page.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["config", "manifests"]))]
+struct ServeArgs {
+    /// A rendered RuntimeConfig JSON file (as the operator mounts it). The database URL comes from
+    /// the environment variable it names (SLUICE_DATABASE_URL); a relative SQLite path is resolved
+    /// against the working directory.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A folder of *.yaml manifests: one DataApi and its ApiRoles, resolved locally. A random key
+    /// is generated for each declared API key and printed once. A relative SQLite path is
+    /// resolved against this folder.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// Address to listen on (use 0.0.0.0:8080 in a pod).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SLUICE_LISTEN")]
+    listen: SocketAddr,
+    /// SQL that creates the SQLite database when its file does not exist yet. Default: seed.sql
+    /// or shop.sql beside the manifests (the quickstart ships shop.sql).
+    #[arg(long, value_name = "FILE")]
+    seed_sql: Option<PathBuf>,
+    /// Log one JSON object per line (for log collectors) instead of text. RUST_LOG sets the level.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let Command::Serve(args) = Cli::parse().command;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sluice-runtime: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sluice-runtime: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let loaded = match (&args.config, &args.manifests) {
+        (Some(file), _) => config::from_file(file),
+        (None, Some(dir)) => config::from_manifests(dir),
+        (None, None) => unreachable!("clap requires --config or --manifests"),
+    }
+    .map_err(|error| error.to_string())?;
+    let database = open_database(&loaded, args.seed_sql.as_deref()).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    let app = build_app(loaded.config.clone(), database);
+    let example_table = first_table(&app).await;
+    print_banner(&loaded, address, example_table.as_deref());
+    server::serve(listener, app.router, server::shutdown_signal())
+        .await
+        .map_err(|error| format!("server failed: {error}"))
+}
+
+async fn open_database(loaded: &Loaded, seed_sql: Option<&std::path::Path>) -> Result<Database, String> {
+    let engine = loaded.config.database.engine;
+    let pool = &loaded.config.database.pool;
+    match config::database_location(loaded).map_err(|error| error.to_string())? {
+        DatabaseLocation::Url(url) => Database::connect(engine, &url, pool).map_err(|error| error.to_string()),
+        DatabaseLocation::SqliteFile(path) if path.exists() => {
+            Database::connect(engine, &Database::sqlite_url(&path), pool).map_err(|error| error.to_string())
+        }
+        DatabaseLocation::SqliteFile(path) => {
+            let script_path = config::seed_script(seed_sql, &loaded.base_dir).ok_or_else(|| {
+                format!(
+                    "the SQLite database {} does not exist; create it, or pass --seed-sql FILE to create it from SQL",
+                    path.display()
+                )
+            })?;
+            let script = std::fs::read_to_string(&script_path)
+                .map_err(|error| format!("cannot read {}: {error}", script_path.display()))?;
+            let url = format!("{}?mode=rwc", Database::sqlite_url(&path));
+            let database = Database::connect(engine, &url, pool).map_err(|error| error.to_string())?;
+            if let Err(error) = database.run_script(&script).await {
+                let _ = std::fs::remove_file(&path);
+                return Err(format!(
+                    "creating {} from {} failed: {error}",
+                    path.display(),
+                    script_path.display()
+                ));
+            }
+            eprintln!("Created {} from {}", path.display(), script_path.display());
+            Ok(database)
+        }
+    }
+}
+
+/// A table for the example request, once the schema is loaded: preferably one the anonymous
+/// role may read (so the example keeps working when requests are authorised), else the first.
+async fn first_table(app: &sluice_runtime::App) -> Option<String> {
+    let config = &app.state.config;
+    let anonymous_tables: Vec<&String> = config
+        .auth
+        .anonymous_role
+        .as_ref()
+        .and_then(|role| config.roles.get(role))
+        .into_iter()
+        .flat_map(|role| &role.rules)
+        .filter(|rule| rule.verbs.contains(&sluice_crds::apirole::Verb::Read))
+        .flat_map(|rule| &rule.tables)
+        .collect();
+    for _ in 0..50 {
+        if let Ok(schema) = app.state.schema() {
+            let readable = anonymous_tables
+                .iter()
+                .find(|table| schema.tables.contains_key(table.as_str()));
+            return readable
+                .map(|table| table.to_string())
+                .or_else(|| schema.tables.keys().next().cloned());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
+fn print_banner(loaded: &Loaded, address: SocketAddr, example_table: Option<&str>) {
+    let host = if address.ip().is_unspecified() {
+        format!("127.0.0.1:{}", address.port())
+    } else {
+        address.to_string()
+    };
+    let base = app::base_path(&loaded.config);
+    let root = format!("http://{host}{base}");
+    println!(
+        "Sluice is serving DataApi {} ({})",
+        loaded.config.data_api,
+        loaded.config.database.engine.as_str()
     );
-    std::process::exit(2);
+    println!("  REST     {root}/<table>");
+    println!("  OpenAPI  {root}/openapi.json");
+    println!("  Docs     {root}/docs");
+    println!("  Health   http://{host}/healthz, http://{host}/readyz");
+    if !loaded.generated_keys.is_empty() {
+        println!("API keys (shown only now; they change at every start):");
+        for (id, key) in &loaded.generated_keys {
+            println!("  {id}: {key}");
+        }
+    }
+    println!("Try:");
+    match example_table {
+        Some(table) => println!("  curl '{root}/{table}?limit=3'"),
+        None => println!("  curl '{root}/openapi.json'   (the schema is still loading; see the log)"),
+    }
 }

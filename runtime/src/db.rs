@@ -1,0 +1,286 @@
+//! The database connection: one pool per engine behind one type, so everything above it is
+//! engine-agnostic except the SQL text, which [`crate::sql`] writes per dialect.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sluice_crds::dataapi::{Engine, PoolSpec};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Executor, MySql, Postgres, Sqlite, Transaction};
+
+use crate::error::ApiError;
+use crate::sql::{BindValue, Statement};
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connection URL does not parse.
+    #[error("the {engine} connection URL is not valid: {source}")]
+    InvalidUrl {
+        /// The engine.
+        engine: &'static str,
+        /// The driver's reason.
+        source: sqlx::Error,
+    },
+}
+
+/// A connection pool to one of the supported engines.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// MySQL or MariaDB.
+    Mysql(MySqlPool),
+    /// SQLite.
+    Sqlite(SqlitePool),
+}
+
+/// An open transaction on any engine.
+pub enum Tx {
+    /// PostgreSQL.
+    Postgres(Transaction<'static, Postgres>),
+    /// MySQL or MariaDB.
+    Mysql(Transaction<'static, MySql>),
+    /// SQLite.
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+macro_rules! bind_all {
+    ($query:expr, $statement:expr, $bind_one:expr) => {{
+        let mut query = $query;
+        for value in &$statement.binds {
+            query = $bind_one(query, value);
+        }
+        query
+    }};
+}
+
+fn bind_postgres<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    value: &BindValue,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    // Everything but bytes travels as text and is cast by the SQL to the column's own type, so
+    // PostgreSQL parses it exactly (numerics keep every digit) and any column type works.
+    match value {
+        BindValue::Null => query.bind(None::<String>),
+        BindValue::Bytes(bytes) => query.bind(bytes.clone()),
+        other => query.bind(other.as_text()),
+    }
+}
+
+fn bind_mysql<'q>(
+    query: sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments>,
+    value: &BindValue,
+) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {
+    match value {
+        BindValue::Null => query.bind(None::<String>),
+        BindValue::Integer(number) => query.bind(*number),
+        BindValue::Float(number) => query.bind(*number),
+        BindValue::Boolean(flag) => query.bind(*flag),
+        BindValue::Text(text) => query.bind(text.clone()),
+        BindValue::Bytes(bytes) => query.bind(bytes.clone()),
+    }
+}
+
+fn bind_sqlite<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    value: &BindValue,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    match value {
+        BindValue::Null => query.bind(None::<String>),
+        BindValue::Integer(number) => query.bind(*number),
+        BindValue::Float(number) => query.bind(*number),
+        BindValue::Boolean(flag) => query.bind(i64::from(*flag)),
+        BindValue::Text(text) => query.bind(text.clone()),
+        BindValue::Bytes(bytes) => query.bind(bytes.clone()),
+    }
+}
+
+macro_rules! fetch_strings_on {
+    ($executor:expr, $statement:expr, $bind:ident) => {{
+        let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
+        let mut rows = query.fetch($executor);
+        let mut values = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(ApiError::from_database)? {
+            values.push(sqlx::Row::try_get::<Option<String>, _>(&row, 0).map_err(ApiError::from_database)?);
+        }
+        Ok(values)
+    }};
+}
+
+macro_rules! execute_on {
+    ($executor:expr, $statement:expr, $bind:ident) => {{
+        let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
+        Ok(query
+            .execute($executor)
+            .await
+            .map_err(ApiError::from_database)?
+            .rows_affected())
+    }};
+}
+
+impl Database {
+    /// Opens a pool. Connections are made lazily, so a database that is down at start only
+    /// delays readiness instead of failing the process.
+    pub fn connect(engine: Engine, url: &str, pool: &PoolSpec) -> Result<Self, ConnectError> {
+        let acquire = Duration::from_millis(u64::from(pool.acquire_timeout_ms));
+        let statement_timeout_ms = pool.statement_timeout_ms;
+        let invalid = |source| ConnectError::InvalidUrl {
+            engine: engine.as_str(),
+            source,
+        };
+        Ok(match engine {
+            Engine::Postgres => {
+                let options = PgConnectOptions::from_str(url).map_err(invalid)?.options([
+                    ("statement_timeout", statement_timeout_ms.to_string()),
+                    ("TimeZone", "UTC".to_owned()),
+                ]);
+                Database::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(pool.max_connections)
+                        .min_connections(pool.min_connections)
+                        .acquire_timeout(acquire)
+                        .connect_lazy_with(options),
+                )
+            }
+            Engine::Mysql => {
+                let options = MySqlConnectOptions::from_str(url)
+                    .map_err(invalid)?
+                    .timezone(Some("+00:00".to_owned()));
+                Database::Mysql(
+                    MySqlPoolOptions::new()
+                        .max_connections(pool.max_connections)
+                        .min_connections(pool.min_connections)
+                        .acquire_timeout(acquire)
+                        .after_connect(move |connection, _| {
+                            Box::pin(async move {
+                                // MariaDB names it max_statement_time (seconds); MySQL max_execution_time (ms).
+                                let mariadb = format!(
+                                    "SET SESSION max_statement_time = {}",
+                                    f64::from(statement_timeout_ms) / 1000.0
+                                );
+                                if connection.execute(AssertSqlSafe(mariadb)).await.is_err() {
+                                    let mysql = format!("SET SESSION max_execution_time = {statement_timeout_ms}");
+                                    connection.execute(AssertSqlSafe(mysql)).await?;
+                                }
+                                Ok(())
+                            })
+                        })
+                        .connect_lazy_with(options),
+                )
+            }
+            Engine::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(invalid)?
+                    .foreign_keys(true)
+                    // SQLite cannot cancel a running statement; waiting on a lock is bounded instead.
+                    .busy_timeout(Duration::from_millis(u64::from(statement_timeout_ms)))
+                    // PostgREST's `like` is case-sensitive; SQLite's is not unless told.
+                    .pragma("case_sensitive_like", "ON");
+                Database::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(pool.max_connections)
+                        .min_connections(pool.min_connections)
+                        .acquire_timeout(acquire)
+                        .connect_lazy_with(options),
+                )
+            }
+        })
+    }
+
+    /// The SQLite URL for a file path.
+    pub fn sqlite_url(path: &Path) -> String {
+        format!("sqlite://{}", path.display())
+    }
+
+    /// The engine behind the pool.
+    pub fn engine(&self) -> Engine {
+        match self {
+            Database::Postgres(_) => Engine::Postgres,
+            Database::Mysql(_) => Engine::Mysql,
+            Database::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    /// Answers when the database accepts a trivial query.
+    pub async fn ping(&self) -> bool {
+        let result = match self {
+            Database::Postgres(pool) => pool.execute("SELECT 1").await.map(|_| ()),
+            Database::Mysql(pool) => pool.execute("SELECT 1").await.map(|_| ()),
+            Database::Sqlite(pool) => pool.execute("SELECT 1").await.map(|_| ()),
+        };
+        result.is_ok()
+    }
+
+    /// Runs `statement` and returns its first column, as text, for every row.
+    pub async fn fetch_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
+        match self {
+            Database::Postgres(pool) => fetch_strings_on!(pool, statement, bind_postgres),
+            Database::Mysql(pool) => fetch_strings_on!(pool, statement, bind_mysql),
+            Database::Sqlite(pool) => fetch_strings_on!(pool, statement, bind_sqlite),
+        }
+    }
+
+    /// Runs a `SELECT COUNT(*)`-shaped statement.
+    pub async fn fetch_count(&self, statement: &Statement) -> Result<i64, ApiError> {
+        let values = self.fetch_strings(statement).await?;
+        let first = values.into_iter().next().flatten().unwrap_or_default();
+        first.parse().map_err(|_| {
+            tracing::error!(value = %first, "count query returned a non-number");
+            ApiError::Internal
+        })
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx, ApiError> {
+        Ok(match self {
+            Database::Postgres(pool) => Tx::Postgres(pool.begin().await.map_err(ApiError::from_database)?),
+            Database::Mysql(pool) => Tx::Mysql(pool.begin().await.map_err(ApiError::from_database)?),
+            Database::Sqlite(pool) => Tx::Sqlite(pool.begin().await.map_err(ApiError::from_database)?),
+        })
+    }
+
+    /// Runs a script of statements without parameters (seeding a sample database).
+    pub async fn run_script(&self, script: &str) -> Result<(), sqlx::Error> {
+        let script = AssertSqlSafe(script.to_owned());
+        match self {
+            Database::Postgres(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
+            Database::Mysql(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
+            Database::Sqlite(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
+        }
+    }
+}
+
+impl Tx {
+    /// Runs `statement` and returns its first column, as text, for every row.
+    pub async fn fetch_strings(&mut self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
+        match self {
+            Tx::Postgres(tx) => fetch_strings_on!(&mut **tx, statement, bind_postgres),
+            Tx::Mysql(tx) => fetch_strings_on!(&mut **tx, statement, bind_mysql),
+            Tx::Sqlite(tx) => fetch_strings_on!(&mut **tx, statement, bind_sqlite),
+        }
+    }
+
+    /// Runs `statement` and returns the number of rows it changed.
+    pub async fn execute(&mut self, statement: &Statement) -> Result<u64, ApiError> {
+        match self {
+            Tx::Postgres(tx) => execute_on!(&mut **tx, statement, bind_postgres),
+            Tx::Mysql(tx) => execute_on!(&mut **tx, statement, bind_mysql),
+            Tx::Sqlite(tx) => execute_on!(&mut **tx, statement, bind_sqlite),
+        }
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), ApiError> {
+        match self {
+            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Mysql(tx) => tx.commit().await,
+            Tx::Sqlite(tx) => tx.commit().await,
+        }
+        .map_err(ApiError::from_database)
+    }
+}

@@ -1,0 +1,268 @@
+//! One error type for every client-facing failure, rendered as `{code, message, details, hint}`.
+//!
+//! Driver messages and SQL never reach a response: [`ApiError::from_database`] logs them
+//! (inside the request's span, so with its request id) and returns a generic, actionable error.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Seconds a client should wait before retrying when the database is unavailable.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
+/// Everything a request can fail with, each mapped to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The path names no exposed table or view.
+    #[error("table \"{table}\" does not exist or is not exposed")]
+    UnknownTable {
+        /// The name the client used.
+        table: String,
+    },
+    /// A select, filter, order or body names a column the table does not have.
+    #[error("column \"{column}\" does not exist in table \"{table}\"")]
+    UnknownColumn {
+        /// The table searched.
+        table: String,
+        /// The name the client used.
+        column: String,
+    },
+    /// The query string or headers do not follow the grammar.
+    #[error("{message}")]
+    BadQuery {
+        /// What is wrong.
+        message: String,
+        /// How to write it instead.
+        hint: Option<String>,
+    },
+    /// A value does not fit its column's type.
+    #[error("column \"{column}\" expects {expected}, got {got}")]
+    WrongType {
+        /// The column.
+        column: String,
+        /// The kind of value the column takes.
+        expected: &'static str,
+        /// What the client sent, abbreviated.
+        got: String,
+    },
+    /// The request body is not the JSON the endpoint takes.
+    #[error("the request body is not valid: {0}")]
+    InvalidBody(String),
+    /// The request body is larger than `rest.maxBodyBytes`.
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A PATCH or DELETE without any filter.
+    #[error("{verb} on \"{table}\" without a filter would change every row")]
+    FilterRequired {
+        /// `PATCH` or `DELETE`.
+        verb: &'static str,
+        /// The table.
+        table: String,
+    },
+    /// A write to a view the engine cannot update, or any write when the API is read-only.
+    #[error("\"{table}\" is read-only: {reason}")]
+    ReadOnly {
+        /// The table or view.
+        table: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// No route matches the path.
+    #[error("no endpoint at {path}")]
+    NoSuchEndpoint {
+        /// The path requested.
+        path: String,
+    },
+    /// The endpoint exists but not with this method.
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path requested.
+        path: String,
+    },
+    /// The row addressed by primary key does not exist.
+    #[error("no row in \"{table}\" has the primary key {key}")]
+    RowNotFound {
+        /// The table.
+        table: String,
+        /// The key as written in the path.
+        key: String,
+    },
+    /// The write conflicts with a unique or foreign-key constraint.
+    #[error("the write conflicts with a {constraint} constraint")]
+    Conflict {
+        /// `unique` or `foreign key`.
+        constraint: &'static str,
+    },
+    /// The database refused a value (not null, check, out of range, malformed).
+    #[error("the database refused a value: {0}")]
+    InvalidValue(&'static str),
+    /// The statement ran longer than `database.pool.statementTimeoutMs`.
+    #[error("the query took longer than the statement timeout")]
+    StatementTimeout,
+    /// The database cannot be reached, or the schema is not loaded yet.
+    #[error("the database is unavailable")]
+    Unavailable,
+    /// Anything else; details are in the log under the request id.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// A grammar error with a hint.
+    pub fn bad_query(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::BadQuery {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    /// Classifies a driver error, logging what only operators should see.
+    pub fn from_database(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => {
+                tracing::warn!(error = %error, "database unavailable");
+                Self::Unavailable
+            }
+            sqlx::Error::Database(db_error) => {
+                let code = db_error.code().map(|c| c.into_owned()).unwrap_or_default();
+                let mapped = match db_error.kind() {
+                    sqlx::error::ErrorKind::UniqueViolation => Self::Conflict { constraint: "unique" },
+                    sqlx::error::ErrorKind::ForeignKeyViolation => Self::Conflict {
+                        constraint: "foreign key",
+                    },
+                    sqlx::error::ErrorKind::NotNullViolation => Self::InvalidValue("a required column is null"),
+                    sqlx::error::ErrorKind::CheckViolation => Self::InvalidValue("a check constraint failed"),
+                    _ => classify_sqlstate(&code, db_error.message()),
+                };
+                tracing::info!(sqlstate = %code, error = %db_error.message(), "database refused the statement");
+                mapped
+            }
+            _ => {
+                tracing::error!(error = %error, "database call failed");
+                Self::Internal
+            }
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownTable { .. } | Self::RowNotFound { .. } | Self::NoSuchEndpoint { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnknownColumn { .. }
+            | Self::BadQuery { .. }
+            | Self::WrongType { .. }
+            | Self::InvalidBody(_)
+            | Self::FilterRequired { .. }
+            | Self::InvalidValue(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::StatementTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable, machine-readable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownTable { .. } => "unknown_table",
+            Self::UnknownColumn { .. } => "unknown_column",
+            Self::BadQuery { .. } => "bad_query",
+            Self::WrongType { .. } => "wrong_type",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::FilterRequired { .. } => "filter_required",
+            Self::ReadOnly { .. } => "read_only",
+            Self::RowNotFound { .. } => "not_found",
+            Self::NoSuchEndpoint { .. } => "no_such_endpoint",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Conflict { .. } => "conflict",
+            Self::InvalidValue(_) => "invalid_value",
+            Self::StatementTimeout => "statement_timeout",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            Self::UnknownTable { .. } | Self::NoSuchEndpoint { .. } => {
+                Some("GET openapi.json under the REST base path lists every endpoint".into())
+            }
+            Self::MethodNotAllowed { .. } => Some("the OpenAPI document lists the methods of each path".into()),
+            Self::UnknownColumn { table, .. } => Some(format!(
+                "openapi.json under the REST base path lists the columns of \"{table}\""
+            )),
+            Self::BadQuery { hint, .. } => hint.clone(),
+            Self::InvalidBody(_) => Some("send a JSON object, or an array of objects with the same keys".into()),
+            Self::PayloadTooLarge { .. } => Some("send fewer rows per request".into()),
+            Self::FilterRequired { .. } => Some(
+                "add a filter such as ?id=eq.1; to change every row, filter on a column that matches all of them"
+                    .into(),
+            ),
+            Self::Conflict { constraint: "unique" } => {
+                Some("use on_conflict= with Prefer: resolution=merge-duplicates to upsert".into())
+            }
+            Self::Conflict { .. } => {
+                Some("the referenced row must exist, and rows still referenced cannot be deleted".into())
+            }
+            Self::StatementTimeout => Some("narrow the filter or lower the limit".into()),
+            Self::Unavailable => Some(format!("retry after {RETRY_AFTER_SECONDS} seconds")),
+            Self::Internal => Some("report the request id to the operator of this API".into()),
+            _ => None,
+        }
+    }
+
+    fn details(&self) -> Option<String> {
+        match self {
+            Self::ReadOnly { reason, .. } => Some((*reason).to_owned()),
+            _ => None,
+        }
+    }
+}
+
+fn classify_sqlstate(code: &str, message: &str) -> ApiError {
+    // PostgreSQL and MySQL share SQLSTATE class 22 for data exceptions (bad value, out of range).
+    if code.starts_with("22") || message.contains("datatype mismatch") {
+        return ApiError::InvalidValue("a value does not fit its column");
+    }
+    // 57014: PostgreSQL query_canceled; 1969/70100: MariaDB max_statement_time; 3024: MySQL max_execution_time.
+    if code == "57014"
+        || code == "70100"
+        || message.contains("max_statement_time")
+        || message.contains("maximum statement execution time")
+    {
+        return ApiError::StatementTimeout;
+    }
+    ApiError::Internal
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({
+            "code": self.code(),
+            "message": self.to_string(),
+            "details": self.details(),
+            "hint": self.hint(),
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}

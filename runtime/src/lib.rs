@@ -1,0 +1,38 @@
+//! `sluice-runtime`: serves one DataApi's database as a documented REST API.
+//!
+//! A request flows parse ([`query`]) → plan ([`plan`], checked against the introspected
+//! [`schema`]) → execute ([`execute`], SQL from [`sql`], run on [`db`]) → respond ([`rest`]).
+//! The [`plan::Plan`] names table, verb, columns and filters: authorisation and audit attach
+//! to [`rest`]'s single `handle` step without touching the handlers.
+//!
+//! # Values on the wire
+//! - The database renders every row as one JSON text (`json_build_object`, `JSON_OBJECT`,
+//!   `json_object`; embedded rows through `json_agg`, `JSON_ARRAYAGG`, `json_group_array`), so
+//!   the runtime never decodes a field: a read is one round trip per page.
+//! - Integers and decimals are JSON numbers carrying exactly the digits the database holds
+//!   (`numeric(30,10)` keeps all 30); clients needing more than 2^53 parse with a big-number
+//!   reader. Decimals written by clients are bound as the text they sent, never through a float.
+//! - Timestamps are RFC 3339 (`2024-01-02T03:04:05`; zoned types in UTC: `…+00:00` for
+//!   PostgreSQL `timestamptz`, `…Z` for MySQL `TIMESTAMP`), dates `YYYY-MM-DD`, JSON columns are JSON, booleans are `true`/`false`
+//!   (MySQL `tinyint(1)`, SQLite declared `BOOLEAN`), binary is base64 (hex on SQLite, which has
+//!   no base64 function).
+//! - `limit` above `rest.maxPageSize` is clamped to it; without `order`, rows come in primary-key
+//!   order so offset paging is stable.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod docs;
+pub mod error;
+pub mod execute;
+pub mod introspect;
+pub mod openapi;
+pub mod plan;
+pub mod query;
+pub mod rest;
+pub mod schema;
+pub mod server;
+pub mod sql;
+pub mod value;
+
+pub use app::{App, AppState, build_app, router};

@@ -1,0 +1,769 @@
+//! Plans become parameterised SQL per dialect. Identifiers come only from the introspected
+//! schema and are always quoted; values are always bound. The database renders each row as
+//! one JSON text (json_build_object / JSON_OBJECT / json_object), so rows reach the client
+//! without per-field decoding in the runtime and numbers keep the digits the database holds.
+
+use sluice_crds::dataapi::Engine;
+
+use crate::plan::{Comparison, Field, Filter, InsertPlan, Order, ReadPlan, UpdatePlan};
+use crate::query::IsValue;
+use crate::schema::{Column, Relationship, Table, ValueKind};
+use crate::value;
+
+/// A value bound to a statement parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BindValue {
+    /// SQL NULL.
+    Null,
+    /// A whole number.
+    Integer(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Boolean(bool),
+    /// Text, including exact decimals, dates and JSON documents.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+}
+
+impl BindValue {
+    /// The value as PostgreSQL input text; `None` for NULL.
+    pub fn as_text(&self) -> Option<String> {
+        match self {
+            BindValue::Null => None,
+            BindValue::Integer(number) => Some(number.to_string()),
+            BindValue::Float(number) => Some(number.to_string()),
+            BindValue::Boolean(flag) => Some(flag.to_string()),
+            BindValue::Text(text) => Some(text.clone()),
+            BindValue::Bytes(bytes) => Some(format!("\\x{}", hex::encode(bytes))),
+        }
+    }
+}
+
+/// SQL text and its parameters, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Statement {
+    /// The SQL.
+    pub text: String,
+    /// Parameter values.
+    pub binds: Vec<BindValue>,
+}
+
+/// Most key/value pairs rendered by one JSON-object call (PostgreSQL allows 100 arguments).
+const PAIRS_PER_CALL: usize = 50;
+
+struct Builder {
+    engine: Engine,
+    binds: Vec<BindValue>,
+    aliases: usize,
+}
+
+impl Builder {
+    fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            binds: Vec::new(),
+            aliases: 0,
+        }
+    }
+
+    fn finish(self, text: String) -> Statement {
+        Statement {
+            text,
+            binds: self.binds,
+        }
+    }
+
+    fn ident(&self, name: &str) -> String {
+        match self.engine {
+            Engine::Mysql => format!("`{}`", name.replace('`', "``")),
+            _ => format!("\"{}\"", name.replace('"', "\"\"")),
+        }
+    }
+
+    fn literal(&self, text: &str) -> String {
+        let escaped = text.replace('\'', "''");
+        match self.engine {
+            // MySQL treats backslashes in string literals as escapes.
+            Engine::Mysql => format!("'{}'", escaped.replace('\\', "\\\\")),
+            _ => format!("'{escaped}'"),
+        }
+    }
+
+    fn table_ref(&self, table: &Table) -> String {
+        format!("{}.{}", self.ident(&table.db_schema), self.ident(&table.name))
+    }
+
+    fn next_alias(&mut self) -> String {
+        let alias = format!("t{}", self.aliases);
+        self.aliases += 1;
+        alias
+    }
+
+    fn column_ref(&self, qualifier: Option<&str>, name: &str) -> String {
+        match qualifier {
+            Some(alias) => format!("{}.{}", self.ident(alias), self.ident(name)),
+            None => self.ident(name),
+        }
+    }
+
+    /// A parameter for `value`, cast to the column's type on PostgreSQL.
+    fn bind(&mut self, value: BindValue, column: Option<&Column>) -> String {
+        let value = match (self.engine, column) {
+            (Engine::Mysql | Engine::Sqlite, Some(column)) => value::normalise_timestamp(column, value),
+            _ => value,
+        };
+        let is_bytes = matches!(value, BindValue::Bytes(_));
+        self.binds.push(value);
+        match self.engine {
+            Engine::Postgres => {
+                let placeholder = format!("${}", self.binds.len());
+                match column {
+                    Some(column) if !is_bytes => format!("CAST({placeholder} AS {})", column.cast_type),
+                    _ => placeholder,
+                }
+            }
+            _ => "?".to_owned(),
+        }
+    }
+
+    /// The column's value as it should appear in the JSON output.
+    fn rendered(&self, column: &Column, qualifier: Option<&str>) -> String {
+        let reference = self.column_ref(qualifier, &column.name);
+        match (self.engine, column.kind) {
+            (Engine::Postgres, ValueKind::Binary) => format!("translate(encode({reference}, 'base64'), E'\\n', '')"),
+            (Engine::Mysql, ValueKind::Boolean) => {
+                format!(
+                    "IF({reference} IS NULL, NULL, IF({reference}, JSON_EXTRACT('true', '$'), JSON_EXTRACT('false', '$')))"
+                )
+            }
+            (Engine::Mysql, ValueKind::Json) => format!("JSON_EXTRACT({reference}, '$')"),
+            (Engine::Mysql, ValueKind::Timestamp) => format!("DATE_FORMAT({reference}, '%Y-%m-%dT%H:%i:%s')"),
+            (Engine::Mysql, ValueKind::TimestampTz) => format!("DATE_FORMAT({reference}, '%Y-%m-%dT%H:%i:%sZ')"),
+            (Engine::Mysql, ValueKind::Binary) => format!("REPLACE(TO_BASE64({reference}), CHAR(10), '')"),
+            (Engine::Sqlite, ValueKind::Boolean) => {
+                format!(
+                    "CASE WHEN {reference} IS NULL THEN NULL WHEN {reference} THEN json('true') ELSE json('false') END"
+                )
+            }
+            (Engine::Sqlite, ValueKind::Json) => {
+                format!("CASE WHEN json_valid({reference}) THEN json({reference}) ELSE {reference} END")
+            }
+            (Engine::Sqlite, ValueKind::Binary) => format!("hex({reference})"),
+            // SQLite keeps timestamps as text, usually `YYYY-MM-DD HH:MM:SS`; RFC 3339 puts a T there.
+            (Engine::Sqlite, ValueKind::Timestamp | ValueKind::TimestampTz) => format!(
+                "CASE WHEN typeof({reference}) = 'text' AND substr({reference}, 11, 1) = ' ' \
+                 THEN substr({reference}, 1, 10) || 'T' || substr({reference}, 12) ELSE {reference} END"
+            ),
+            _ => reference,
+        }
+    }
+
+    /// One JSON object per row of `qualifier`.
+    fn object(&mut self, fields: &[Field], qualifier: Option<&str>) -> String {
+        let mut pairs = Vec::with_capacity(fields.len());
+        for field in fields {
+            match field {
+                Field::Column { key, column } => pairs.push((key.clone(), self.rendered(column, qualifier))),
+                Field::Embed {
+                    key,
+                    table,
+                    relationship,
+                    fields,
+                } => pairs.push((key.clone(), self.embedded(table, relationship, fields, qualifier))),
+            }
+        }
+        self.object_of(pairs)
+    }
+
+    fn object_of(&self, pairs: Vec<(String, String)>) -> String {
+        let function = match self.engine {
+            Engine::Postgres => "json_build_object",
+            Engine::Mysql => "JSON_OBJECT",
+            Engine::Sqlite => "json_object",
+        };
+        let arguments = |pairs: &[(String, String)]| {
+            pairs
+                .iter()
+                .map(|(key, value)| format!("{}, {value}", self.literal(key)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if pairs.len() <= PAIRS_PER_CALL || self.engine == Engine::Mysql {
+            return format!("{function}({})", arguments(&pairs));
+        }
+        match self.engine {
+            // row_to_json has no argument limit and keeps column order.
+            Engine::Postgres => {
+                let columns = pairs
+                    .iter()
+                    .map(|(key, value)| format!("{value} AS {}", self.ident(key)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("(SELECT row_to_json(wide) FROM (SELECT {columns}) wide)")
+            }
+            _ => {
+                let mut expression = format!("{function}({})", arguments(&pairs[..PAIRS_PER_CALL]));
+                for chunk in pairs[PAIRS_PER_CALL..].chunks(PAIRS_PER_CALL) {
+                    let settings = chunk
+                        .iter()
+                        .map(|(key, value)| {
+                            format!(
+                                "{}, {value}",
+                                self.literal(&format!("$.\"{}\"", key.replace('"', "\\\"")))
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    expression = format!("json_set({expression}, {settings})");
+                }
+                expression
+            }
+        }
+    }
+
+    fn join_condition(
+        &self,
+        inner_alias: &str,
+        inner: &[String],
+        outer_alias: Option<&str>,
+        outer: &[String],
+    ) -> String {
+        inner
+            .iter()
+            .zip(outer)
+            .map(|(i, o)| {
+                format!(
+                    "{} = {}",
+                    self.column_ref(Some(inner_alias), i),
+                    self.column_ref(outer_alias, o)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    fn embedded(
+        &mut self,
+        inner: &Table,
+        relationship: &Relationship,
+        fields: &[Field],
+        outer_alias: Option<&str>,
+    ) -> String {
+        let alias = self.next_alias();
+        let object = self.object(fields, Some(&alias));
+        let from = format!("{} AS {}", self.table_ref(inner), self.ident(&alias));
+        match relationship {
+            Relationship::ToOne {
+                outer,
+                inner: inner_columns,
+            } => {
+                let on = self.join_condition(&alias, inner_columns, outer_alias, outer);
+                let select = format!("(SELECT {object} FROM {from} WHERE {on} LIMIT 1)");
+                match self.engine {
+                    // SQLite forgets that a value is JSON when it leaves a subquery.
+                    Engine::Sqlite => format!("json({select})"),
+                    _ => select,
+                }
+            }
+            Relationship::ToMany {
+                outer,
+                inner: inner_columns,
+            } => {
+                let on = self.join_condition(&alias, inner_columns, outer_alias, outer);
+                let order = inner
+                    .primary_key
+                    .iter()
+                    .map(|c| self.column_ref(Some(&alias), c))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let order_by = if order.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ORDER BY {order}")
+                };
+                match self.engine {
+                    Engine::Postgres => {
+                        format!("(SELECT coalesce(json_agg({object}{order_by}), '[]'::json) FROM {from} WHERE {on})")
+                    }
+                    Engine::Mysql => format!(
+                        "(SELECT COALESCE(JSON_ARRAYAGG({object}{order_by}), JSON_ARRAY()) FROM {from} WHERE {on})"
+                    ),
+                    Engine::Sqlite => format!(
+                        "json((SELECT coalesce(json_group_array(json(embedded.j)), '[]') FROM (SELECT {object} AS j FROM {from} WHERE {on}{order_by}) AS embedded))"
+                    ),
+                }
+            }
+        }
+    }
+
+    fn filter(&mut self, filter: &Filter, qualifier: Option<&str>) -> String {
+        match filter {
+            Filter::Is { column, negated, value } => {
+                let reference = self.column_ref(qualifier, &column.name);
+                let not = if *negated { "NOT " } else { "" };
+                let value = match value {
+                    IsValue::Null => "NULL",
+                    IsValue::True => "TRUE",
+                    IsValue::False => "FALSE",
+                };
+                format!("{reference} IS {not}{value}")
+            }
+            Filter::Group { any, negated, members } => {
+                let joined = if members.is_empty() {
+                    if *any { "1 = 0".to_owned() } else { "1 = 1".to_owned() }
+                } else {
+                    let parts: Vec<String> = members.iter().map(|member| self.filter(member, qualifier)).collect();
+                    parts.join(if *any { " OR " } else { " AND " })
+                };
+                if *negated {
+                    format!("NOT ({joined})")
+                } else {
+                    format!("({joined})")
+                }
+            }
+            Filter::Compare {
+                column,
+                negated,
+                operator,
+                values,
+            } => {
+                let expression = self.comparison(column, *operator, values, qualifier);
+                if *negated {
+                    format!("NOT ({expression})")
+                } else {
+                    expression
+                }
+            }
+        }
+    }
+
+    fn comparison(
+        &mut self,
+        column: &Column,
+        operator: Comparison,
+        values: &[BindValue],
+        qualifier: Option<&str>,
+    ) -> String {
+        let reference = self.column_ref(qualifier, &column.name);
+        let first = values.first().cloned().unwrap_or(BindValue::Null);
+        let symbol = match operator {
+            Comparison::Eq => "=",
+            Comparison::Neq => "<>",
+            Comparison::Gt => ">",
+            Comparison::Gte => ">=",
+            Comparison::Lt => "<",
+            Comparison::Lte => "<=",
+            Comparison::Like | Comparison::Ilike => {
+                let pattern = self.bind(first, None);
+                let insensitive = operator == Comparison::Ilike;
+                return match (self.engine, insensitive) {
+                    (Engine::Postgres, false) => format!("CAST({reference} AS text) LIKE {pattern}"),
+                    (Engine::Postgres, true) => format!("CAST({reference} AS text) ILIKE {pattern}"),
+                    (Engine::Mysql, false) => format!("CAST({reference} AS BINARY) LIKE CAST({pattern} AS BINARY)"),
+                    (_, true) => format!("LOWER({reference}) LIKE LOWER({pattern})"),
+                    (Engine::Sqlite, false) => format!("{reference} LIKE {pattern}"),
+                };
+            }
+            Comparison::In => {
+                if values.is_empty() {
+                    return "1 = 0".to_owned();
+                }
+                let placeholders: Vec<String> = values
+                    .iter()
+                    .map(|value| self.bind(value.clone(), Some(column)))
+                    .collect();
+                return format!("{reference} IN ({})", placeholders.join(", "));
+            }
+        };
+        let placeholder = self.bind(first, Some(column));
+        format!("{reference} {symbol} {placeholder}")
+    }
+
+    fn where_clause(&mut self, filters: &[Filter], qualifier: Option<&str>) -> String {
+        if filters.is_empty() {
+            return String::new();
+        }
+        let parts: Vec<String> = filters.iter().map(|filter| self.filter(filter, qualifier)).collect();
+        format!(" WHERE {}", parts.join(" AND "))
+    }
+
+    fn order_clause(&self, order: &[Order], qualifier: Option<&str>) -> String {
+        if order.is_empty() {
+            return String::new();
+        }
+        let terms: Vec<String> = order
+            .iter()
+            .map(|term| {
+                let reference = self.column_ref(qualifier, &term.column);
+                let direction = if term.descending { "DESC" } else { "ASC" };
+                match self.engine {
+                    // MySQL has no NULLS FIRST/LAST; sorting on IS NULL first gives the same order.
+                    Engine::Mysql => {
+                        let nulls = if term.nulls_first { "DESC" } else { "ASC" };
+                        format!("{reference} IS NULL {nulls}, {reference} {direction}")
+                    }
+                    _ => {
+                        let nulls = if term.nulls_first { "FIRST" } else { "LAST" };
+                        format!("{reference} {direction} NULLS {nulls}")
+                    }
+                }
+            })
+            .collect();
+        format!(" ORDER BY {}", terms.join(", "))
+    }
+
+    fn as_text(&self, expression: String) -> String {
+        match self.engine {
+            Engine::Postgres => format!("{expression}::text"),
+            Engine::Mysql => format!("CAST({expression} AS CHAR)"),
+            Engine::Sqlite => format!("CAST({expression} AS TEXT)"),
+        }
+    }
+
+    fn returning(&mut self, fields: Option<&[Field]>) -> String {
+        match fields {
+            Some(fields) => {
+                let object = self.object(fields, None);
+                format!(" RETURNING {}", self.as_text(object))
+            }
+            None => String::new(),
+        }
+    }
+}
+
+/// Rows of a read, one JSON object text each.
+pub fn select(engine: Engine, table: &Table, plan: &ReadPlan) -> Statement {
+    let mut builder = Builder::new(engine);
+    let alias = builder.next_alias();
+    let object = builder.object(&plan.fields, Some(&alias));
+    let object = builder.as_text(object);
+    let from = format!("{} AS {}", builder.table_ref(table), builder.ident(&alias));
+    let filters = builder.where_clause(&plan.filters, Some(&alias));
+    let order = builder.order_clause(&plan.order, Some(&alias));
+    let text = format!(
+        "SELECT {object} FROM {from}{filters}{order} LIMIT {} OFFSET {}",
+        plan.limit, plan.offset
+    );
+    builder.finish(text)
+}
+
+/// The number of rows matching `filters`, as text.
+pub fn count(engine: Engine, table: &Table, filters: &[Filter]) -> Statement {
+    let mut builder = Builder::new(engine);
+    let alias = builder.next_alias();
+    let from = format!("{} AS {}", builder.table_ref(table), builder.ident(&alias));
+    let filters = builder.where_clause(filters, Some(&alias));
+    let count = builder.as_text("COUNT(*)".to_owned());
+    builder.finish(format!("SELECT {count} FROM {from}{filters}"))
+}
+
+/// An insert (or upsert), optionally returning the written rows.
+pub fn insert(engine: Engine, table: &Table, plan: &InsertPlan, returning: Option<&[Field]>) -> Statement {
+    let mut builder = Builder::new(engine);
+    let columns: Vec<String> = plan.columns.iter().map(|c| builder.ident(&c.name)).collect();
+    let mut rows = Vec::with_capacity(plan.rows.len());
+    for row in &plan.rows {
+        let values: Vec<String> = row
+            .iter()
+            .zip(&plan.columns)
+            .map(|(value, column)| builder.bind(value.clone(), Some(column)))
+            .collect();
+        rows.push(format!("({})", values.join(", ")));
+    }
+    let values = if plan.columns.is_empty() {
+        match engine {
+            Engine::Mysql => "() VALUES ()".to_owned(),
+            _ => "DEFAULT VALUES".to_owned(),
+        }
+    } else {
+        format!("({}) VALUES {}", columns.join(", "), rows.join(", "))
+    };
+    let mut text = format!("INSERT INTO {} {values}", builder.table_ref(table));
+    if let Some(upsert) = &plan.upsert {
+        let keys: Vec<String> = upsert.conflict_columns.iter().map(|c| builder.ident(c)).collect();
+        let updated: Vec<&String> = plan
+            .columns
+            .iter()
+            .map(|c| &c.name)
+            .filter(|c| !upsert.conflict_columns.contains(c))
+            .collect();
+        // Re-assigning a key column changes nothing but still counts as an update, so
+        // "ignore" and "nothing left to merge" still return the existing row.
+        let assignments: Vec<String> = if upsert.merge && !updated.is_empty() {
+            updated
+                .iter()
+                .map(|c| match engine {
+                    Engine::Mysql => format!("{0} = VALUES({0})", builder.ident(c)),
+                    _ => format!("{0} = excluded.{0}", builder.ident(c)),
+                })
+                .collect()
+        } else {
+            keys.iter()
+                .map(|k| format!("{k} = {k}"))
+                .map(|a| {
+                    if engine == Engine::Mysql {
+                        a
+                    } else {
+                        a.replacen(" = ", " = excluded.", 1)
+                    }
+                })
+                .collect()
+        };
+        text.push_str(&match engine {
+            Engine::Mysql => format!(" ON DUPLICATE KEY UPDATE {}", assignments.join(", ")),
+            _ => format!(
+                " ON CONFLICT ({}) DO UPDATE SET {}",
+                keys.join(", "),
+                assignments.join(", ")
+            ),
+        });
+    }
+    text.push_str(&builder.returning(returning));
+    builder.finish(text)
+}
+
+/// An update of the rows matching the plan's filters. `returning` is ignored on MySQL, which
+/// has no `UPDATE … RETURNING`; the executor re-reads the rows instead.
+pub fn update(engine: Engine, table: &Table, plan: &UpdatePlan, returning: Option<&[Field]>) -> Statement {
+    let mut builder = Builder::new(engine);
+    let assignments: Vec<String> = plan
+        .assignments
+        .iter()
+        .map(|(column, value)| {
+            let placeholder = builder.bind(value.clone(), Some(column));
+            format!("{} = {placeholder}", builder.ident(&column.name))
+        })
+        .collect();
+    let filters = builder.where_clause(&plan.filters, None);
+    let returning = if engine == Engine::Mysql {
+        String::new()
+    } else {
+        builder.returning(returning)
+    };
+    let text = format!(
+        "UPDATE {} SET {}{filters}{returning}",
+        builder.table_ref(table),
+        assignments.join(", ")
+    );
+    builder.finish(text)
+}
+
+/// A delete of the rows matching `filters`, optionally returning them.
+pub fn delete(engine: Engine, table: &Table, filters: &[Filter], returning: Option<&[Field]>) -> Statement {
+    let mut builder = Builder::new(engine);
+    let filters = builder.where_clause(filters, None);
+    let returning = builder.returning(returning);
+    let text = format!("DELETE FROM {}{filters}{returning}", builder.table_ref(table));
+    builder.finish(text)
+}
+
+/// The primary key of each row matching `filters`, as a JSON object, locking the rows.
+pub fn keys_for_update(engine: Engine, table: &Table, filters: &[Filter]) -> Statement {
+    let mut builder = Builder::new(engine);
+    let fields: Vec<Field> = table
+        .primary_key
+        .iter()
+        .filter_map(|name| table.column(name))
+        .map(|column| Field::Column {
+            key: column.name.clone(),
+            column: Column {
+                kind: ValueKind::Text,
+                ..column.clone()
+            },
+        })
+        .collect();
+    let object = builder.object(&fields, None);
+    let object = builder.as_text(object);
+    let filters = builder.where_clause(filters, None);
+    let lock = if engine == Engine::Sqlite { "" } else { " FOR UPDATE" };
+    let text = format!("SELECT {object} FROM {}{filters}{lock}", builder.table_ref(table));
+    builder.finish(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{self, Paging};
+    use crate::query::parse_query;
+    use crate::schema::{ForeignKey, RelationKind, Schema};
+
+    fn column(name: &str, kind: ValueKind, cast: &str) -> Column {
+        Column {
+            name: name.into(),
+            db_type: cast.into(),
+            cast_type: cast.into(),
+            kind,
+            nullable: true,
+            default: None,
+            generated: false,
+        }
+    }
+
+    fn schema() -> Schema {
+        let customers = Table {
+            name: "customers".into(),
+            db_schema: "public".into(),
+            kind: RelationKind::Table,
+            updatable: true,
+            columns: vec![
+                column("id", ValueKind::Integer, "int4"),
+                column("name", ValueKind::Text, "text"),
+                column("vip", ValueKind::Boolean, "bool"),
+            ],
+            primary_key: vec!["id".into()],
+            foreign_keys: vec![],
+        };
+        let orders = Table {
+            name: "orders".into(),
+            db_schema: "public".into(),
+            kind: RelationKind::Table,
+            updatable: true,
+            columns: vec![
+                column("id", ValueKind::Integer, "int4"),
+                column("customer_id", ValueKind::Integer, "int4"),
+                column("total", ValueKind::Decimal, "numeric"),
+            ],
+            primary_key: vec!["id".into()],
+            foreign_keys: vec![ForeignKey {
+                name: "orders_customer_fk".into(),
+                columns: vec!["customer_id".into()],
+                referenced_table: "customers".into(),
+                referenced_columns: vec!["id".into()],
+            }],
+        };
+        let mut schema = Schema::default();
+        schema.tables.insert("customers".into(), customers);
+        schema.tables.insert("orders".into(), orders);
+        schema
+    }
+
+    fn read(engine: Engine, table: &str, query: &[(&str, &str)]) -> Statement {
+        let schema = schema();
+        let pairs: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let parsed = parse_query(&pairs).expect("valid query");
+        let table = &schema.tables[table];
+        let plan = plan::read(
+            &schema,
+            table,
+            &parsed,
+            Paging {
+                default_page_size: 10,
+                max_page_size: 100,
+            },
+        )
+        .expect("valid plan");
+        select(engine, table, &plan)
+    }
+
+    #[test]
+    fn postgres_binds_every_value_and_casts_it_to_the_column_type() {
+        let statement = read(
+            Engine::Postgres,
+            "customers",
+            &[("select", "id,label:name"), ("id", "in.(1,2)"), ("name", "ilike.*a*")],
+        );
+        assert_eq!(
+            statement.text,
+            "SELECT json_build_object('id', \"t0\".\"id\", 'label', \"t0\".\"name\")::text FROM \"public\".\"customers\" AS \"t0\" \
+             WHERE \"t0\".\"id\" IN (CAST($1 AS int4), CAST($2 AS int4)) AND CAST(\"t0\".\"name\" AS text) ILIKE $3 \
+             ORDER BY \"t0\".\"id\" ASC NULLS LAST LIMIT 10 OFFSET 0"
+        );
+        assert_eq!(
+            statement.binds,
+            vec![
+                BindValue::Integer(1),
+                BindValue::Integer(2),
+                BindValue::Text("%a%".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn mysql_emulates_null_ordering_and_renders_booleans() {
+        let statement = read(
+            Engine::Mysql,
+            "customers",
+            &[("select", "vip"), ("order", "name.desc"), ("limit", "5000")],
+        );
+        assert!(
+            statement
+                .text
+                .contains("IF(`t0`.`vip` IS NULL, NULL, IF(`t0`.`vip`, JSON_EXTRACT('true', '$')"),
+            "{}",
+            statement.text
+        );
+        assert!(
+            statement
+                .text
+                .ends_with("ORDER BY `t0`.`name` IS NULL DESC, `t0`.`name` DESC LIMIT 100 OFFSET 0"),
+            "{}",
+            statement.text
+        );
+    }
+
+    #[test]
+    fn embeds_both_directions() {
+        let many = read(Engine::Sqlite, "customers", &[("select", "id,orders(id,total)")]);
+        assert!(many.text.contains("json_group_array"), "{}", many.text);
+        assert!(
+            many.text.contains("\"t1\".\"customer_id\" = \"t0\".\"id\""),
+            "{}",
+            many.text
+        );
+        let one = read(Engine::Postgres, "orders", &[("select", "id,buyer:customers(name)")]);
+        assert!(one.text.contains("'buyer', (SELECT json_build_object('name', \"t1\".\"name\") FROM \"public\".\"customers\" AS \"t1\" WHERE \"t1\".\"id\" = \"t0\".\"customer_id\" LIMIT 1)"), "{}", one.text);
+    }
+
+    #[test]
+    fn hostile_text_is_only_ever_a_bound_value() {
+        let statement = read(
+            Engine::Sqlite,
+            "customers",
+            &[("name", "eq.'; DROP TABLE customers; --")],
+        );
+        assert!(!statement.text.contains("DROP"));
+        assert_eq!(
+            statement.binds,
+            vec![BindValue::Text("'; DROP TABLE customers; --".into())]
+        );
+    }
+
+    #[test]
+    fn upserts_per_dialect() {
+        let schema = schema();
+        let table = &schema.tables["customers"];
+        let mut insert_plan = InsertPlan {
+            columns: vec![table.columns[0].clone(), table.columns[1].clone()],
+            rows: vec![vec![BindValue::Integer(1), BindValue::Text("a".into())]],
+            upsert: Some(crate::plan::Upsert {
+                conflict_columns: vec!["id".into()],
+                merge: true,
+            }),
+        };
+        let pg = insert(Engine::Postgres, table, &insert_plan, None);
+        assert!(
+            pg.text
+                .ends_with("ON CONFLICT (\"id\") DO UPDATE SET \"name\" = excluded.\"name\""),
+            "{}",
+            pg.text
+        );
+        let mysql = insert(Engine::Mysql, table, &insert_plan, None);
+        assert!(
+            mysql.text.ends_with("ON DUPLICATE KEY UPDATE `name` = VALUES(`name`)"),
+            "{}",
+            mysql.text
+        );
+        insert_plan.upsert = Some(crate::plan::Upsert {
+            conflict_columns: vec!["id".into()],
+            merge: false,
+        });
+        let ignore = insert(Engine::Sqlite, table, &insert_plan, None);
+        assert!(
+            ignore.text.ends_with("DO UPDATE SET \"id\" = excluded.\"id\""),
+            "{}",
+            ignore.text
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! Runs the Sluice runtime in-process over a fresh fixture database per test, on PostgreSQL,
+//! MariaDB and SQLite, and talks HTTP/1.1 to it over a real socket.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use sluice_crds::dataapi::Engine;
+use sluice_runtime::db::Database;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::services::{mysql_url, postgres_url};
+
+/// The fixture: customers and orders related by a foreign key, order items with a composite
+/// primary key, a read-only (DISTINCT) view, and NULLs, booleans, decimals, timestamps and JSON. `{json}`,
+/// `{bool}`, `{serial}` and `{ts}` are replaced per engine.
+const FIXTURE: &str = "
+CREATE TABLE customers (
+    id {serial} PRIMARY KEY,
+    name VARCHAR(100) NOT NULL,
+    email VARCHAR(200),
+    vip {bool} NOT NULL DEFAULT FALSE,
+    balance DECIMAL(12,2),
+    joined_at {ts},
+    profile {json}
+);
+CREATE TABLE orders (
+    id INTEGER PRIMARY KEY,
+    customer_id INTEGER NOT NULL REFERENCES customers(id),
+    total DECIMAL(10,2) NOT NULL,
+    note VARCHAR(200)
+);
+CREATE TABLE order_items (
+    order_id INTEGER NOT NULL REFERENCES orders(id),
+    product VARCHAR(50) NOT NULL,
+    quantity INTEGER NOT NULL,
+    PRIMARY KEY (order_id, product)
+);
+CREATE VIEW vip_customers AS SELECT DISTINCT id, name FROM customers WHERE vip = TRUE;
+INSERT INTO customers (id, name, email, vip, balance, joined_at, profile) VALUES
+    (1, 'Ada', 'ada@example.com', TRUE, 1250.50, '2024-01-02 03:04:05', '{\"tier\": \"gold\", \"tags\": [1, 2]}'),
+    (2, 'Brian', NULL, FALSE, 0.10, '2024-02-03 04:05:06', NULL),
+    (3, 'Chloe', 'chloe@example.com', FALSE, NULL, NULL, '{\"tier\": \"silver\"}');
+INSERT INTO orders (id, customer_id, total, note) VALUES
+    (10, 1, 99.90, 'gift'),
+    (11, 1, 15.00, NULL),
+    (12, 2, 42.42, 'rush');
+INSERT INTO order_items (order_id, product, quantity) VALUES
+    (10, 'pen', 3), (10, 'ink', 1), (11, 'pad', 2), (12, 'pen', 1);
+{engine_specific}
+";
+
+/// The statement timeout of every fixture API; the `slow` view takes longer.
+pub const STATEMENT_TIMEOUT_MS: u32 = 2000;
+
+fn fixture_sql(engine: Engine) -> String {
+    let (serial, boolean, timestamp, json) = match engine {
+        Engine::Postgres => ("INTEGER", "BOOLEAN", "TIMESTAMP", "JSONB"),
+        Engine::Mysql => ("INTEGER AUTO_INCREMENT", "BOOLEAN", "DATETIME", "JSON"),
+        Engine::Sqlite => ("INTEGER", "BOOLEAN", "DATETIME", "JSON"),
+    };
+    // A view slower than the statement timeout, where the engine can cancel a statement, and
+    // a table of the engine's own types with a view the engine can update.
+    let engine_specific = match engine {
+        Engine::Postgres => {
+            "CREATE VIEW slow AS SELECT 1 AS id, CAST(pg_sleep(5) AS TEXT) AS slept;
+             CREATE TABLE special (id INTEGER PRIMARY KEY, tags TEXT[], scores INTEGER[], data BYTEA, at TIMESTAMPTZ); CREATE VIEW special_view AS SELECT id, at FROM special;"
+        }
+        Engine::Mysql => {
+            "CREATE VIEW slow AS SELECT 1 AS id, SLEEP(5) AS slept;
+             CREATE TABLE special (id INTEGER PRIMARY KEY, data BLOB, at TIMESTAMP NULL); CREATE VIEW special_view AS SELECT id, at FROM special;"
+        }
+        Engine::Sqlite => "",
+    };
+    FIXTURE
+        .replace("{engine_specific}", engine_specific)
+        .replace("{serial}", serial)
+        .replace("{bool}", boolean)
+        .replace("{ts}", timestamp)
+        .replace("{json}", json)
+}
+
+/// A runtime serving a fixture database.
+pub struct TestApi {
+    /// The engine under test.
+    pub engine: Engine,
+    /// Where the runtime listens.
+    pub address: SocketAddr,
+    /// The REST base path.
+    pub base: String,
+    cleanup: Cleanup,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+enum Cleanup {
+    Postgres { url: String, schema: String },
+    Mysql { url: String, database: String },
+    Sqlite { path: std::path::PathBuf },
+}
+
+fn unique_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("sluice_t{}_{nanos}", std::process::id())
+}
+
+fn manifest(engine: Engine, schema: Option<&str>, sqlite_path: Option<&str>) -> sluice_crds::RuntimeConfig {
+    let database = match engine {
+        Engine::Sqlite => format!("engine: sqlite\n    path: {}", sqlite_path.unwrap_or_default()),
+        other => format!(
+            "engine: {}\n    connectionSecretRef: {{ name: db, key: url }}\n    schemas: [{}]",
+            other.as_str(),
+            schema.unwrap_or_default()
+        ),
+    };
+    let yaml = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: fixture, namespace: test }}\nspec:\n  database:\n    {database}\n    pool: {{ maxConnections: 4, acquireTimeoutMs: 1500, statementTimeoutMs: {STATEMENT_TIMEOUT_MS} }}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 3, maxBodyBytes: 2048 }}\n"
+    );
+    let data_api: sluice_crds::DataApi = serde_yaml::from_str(&yaml).expect("fixture DataApi parses");
+    sluice_crds::resolve(&data_api, &[], &sluice_crds::KeyHashes::new()).expect("fixture DataApi resolves")
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (server, _) = url.rsplit_once('/').expect("the MySQL URL names a database");
+    format!("{server}/{database}")
+}
+
+/// Creates a fixture on `engine` and serves it. Panics (failing the test) when the database is
+/// unreachable: the suite never skips.
+pub async fn start(engine: Engine) -> TestApi {
+    start_with(engine, |url| url.to_owned()).await
+}
+
+/// Like [`start`], but the runtime connects through `route(url)` (e.g. a proxy).
+pub async fn start_with(engine: Engine, route: impl Fn(&str) -> String) -> TestApi {
+    let name = unique_name();
+    let fixture = fixture_sql(engine);
+    let (config, url, cleanup) = match engine {
+        Engine::Postgres => {
+            let url = postgres_url();
+            let admin = Database::connect(engine, &url, &Default::default()).expect("PostgreSQL URL parses");
+            let script = format!("CREATE SCHEMA {name}; SET search_path TO {name}; {fixture}");
+            admin
+                .run_script(&script)
+                .await
+                .unwrap_or_else(|e| panic!("creating the PostgreSQL fixture at {url}: {e}"));
+            (
+                manifest(engine, Some(&name), None),
+                url.clone(),
+                Cleanup::Postgres { url, schema: name },
+            )
+        }
+        Engine::Mysql => {
+            let url = mysql_url();
+            let admin = Database::connect(engine, &url, &Default::default()).expect("MySQL URL parses");
+            admin
+                .run_script(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap_or_else(|e| panic!("creating a MariaDB database at {url}: {e}"));
+            let fixture_url = with_database(&url, &name);
+            let database = Database::connect(engine, &fixture_url, &Default::default()).expect("MySQL URL parses");
+            database
+                .run_script(&fixture)
+                .await
+                .unwrap_or_else(|e| panic!("creating the MariaDB fixture: {e}"));
+            (
+                manifest(engine, Some(&name), None),
+                fixture_url,
+                Cleanup::Mysql { url, database: name },
+            )
+        }
+        Engine::Sqlite => {
+            let path = std::env::temp_dir().join(format!("{name}.db"));
+            let url = format!("{}?mode=rwc", Database::sqlite_url(&path));
+            let database = Database::connect(engine, &url, &Default::default()).expect("SQLite URL parses");
+            database
+                .run_script(&fixture)
+                .await
+                .unwrap_or_else(|e| panic!("creating the SQLite fixture: {e}"));
+            let path_text = path.display().to_string();
+            (manifest(engine, None, Some(&path_text)), url, Cleanup::Sqlite { path })
+        }
+    };
+    let database = Database::connect(engine, &route(&url), &config.database.pool).expect("database URL parses");
+    let app = sluice_runtime::build_app(config, database);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
+    let address = listener.local_addr().expect("local address");
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sluice_runtime::server::serve(listener, app.router, async move {
+        let _ = stop.await;
+    }));
+    let api = TestApi {
+        engine,
+        address,
+        base: "/api".into(),
+        cleanup,
+        shutdown: Some(shutdown),
+        server,
+    };
+    api.wait_ready().await;
+    api
+}
+
+impl TestApi {
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if self.get("/readyz").await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{:?}: the runtime did not become ready within 10 s", self.engine);
+    }
+
+    /// `GET path` (no base path added).
+    pub async fn get(&self, path: &str) -> Reply {
+        request(self.address, "GET", path, &[], None).await
+    }
+
+    /// A request to `base + path`.
+    pub async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+        request(self.address, method, &format!("{}{path}", self.base), headers, body).await
+    }
+
+    /// Starts a graceful shutdown and waits until the server has finished every request.
+    pub async fn shut_down(&mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.server)
+            .await
+            .unwrap_or_else(|e| panic!("the server task failed: {e}"))
+    }
+
+    /// Drops the fixture database.
+    pub async fn cleanup(self) {
+        match self.cleanup {
+            Cleanup::Postgres { url, schema } => {
+                if let Ok(db) = Database::connect(Engine::Postgres, &url, &Default::default()) {
+                    let _ = db.run_script(&format!("DROP SCHEMA {schema} CASCADE")).await;
+                }
+            }
+            Cleanup::Mysql { url, database } => {
+                if let Ok(db) = Database::connect(Engine::Mysql, &url, &Default::default()) {
+                    let _ = db.run_script(&format!("DROP DATABASE {database}")).await;
+                }
+            }
+            Cleanup::Sqlite { path } => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercase.
+    pub headers: Vec<(String, String)>,
+    /// Body text.
+    pub body: String,
+}
+
+impl Reply {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(
+    address: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    let mut stream = TcpStream::connect(address).await.expect("connect to the runtime");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("send request head");
+    if let Some(body) = body {
+        // A server may refuse an oversized body before reading it; that is not a client error.
+        let _ = stream.write_all(body.as_bytes()).await;
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("malformed response: {text}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    Reply { status, headers, body }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Compares JSON with numbers by value, so `10.5` (SQLite) equals `10.50` (PostgreSQL, MariaDB).
+pub fn same_json(actual: &Value, expected: &Value) -> bool {
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_json(x, y)),
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => actual == expected,
+    }
+}
+
+/// A TCP forwarder standing between the runtime and a database, so a test can take the
+/// database away and bring it back without touching the shared server.
+pub struct Proxy {
+    /// Where the runtime should connect.
+    pub address: SocketAddr,
+    target: SocketAddr,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    /// Starts forwarding a new local port to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy port");
+        let address = listener.local_addr().expect("proxy address");
+        let mut proxy = Proxy {
+            address,
+            target,
+            accept: None,
+            connections: Default::default(),
+        };
+        proxy.open(listener);
+        proxy
+    }
+
+    fn open(&mut self, listener: TcpListener) {
+        let target = self.target;
+        let connections = self.connections.clone();
+        self.accept = Some(tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                if let Ok(mut list) = connections.lock() {
+                    list.push(task);
+                }
+            }
+        }));
+    }
+
+    /// Refuses new connections and cuts open ones: the database is gone.
+    pub fn stop(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+        if let Ok(mut list) = self.connections.lock() {
+            list.drain(..).for_each(|task| task.abort());
+        }
+    }
+
+    /// Accepts connections again on the same port.
+    pub async fn resume(&mut self) {
+        let listener = TcpListener::bind(self.address).await.expect("rebind proxy port");
+        self.open(listener);
+    }
+}

@@ -1,0 +1,930 @@
+//! One table of REST cases, and one of bad input, run against PostgreSQL, MariaDB and SQLite.
+
+use serde_json::{Value, json};
+use sluice_crds::dataapi::Engine;
+use sluice_tests::runtime::{Proxy, Reply, TestApi, request, same_json, start, start_with};
+
+const REPRESENTATION: (&str, &str) = ("Prefer", "return=representation");
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Option<Value>,
+    status: u16,
+    expect: Option<Value>,
+    header: Option<(&'static str, &'static str)>,
+}
+
+fn case(name: &'static str, method: &'static str, path: &'static str, status: u16, expect: Option<Value>) -> Case {
+    Case {
+        name,
+        method,
+        path,
+        headers: Vec::new(),
+        body: None,
+        status,
+        expect,
+        header: None,
+    }
+}
+
+fn get(name: &'static str, path: &'static str, expect: Value) -> Case {
+    case(name, "GET", path, 200, Some(expect))
+}
+
+impl Case {
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+    fn with_body(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+    fn expect_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.header = Some((name, value));
+        self
+    }
+}
+
+fn ids(list: &[i64]) -> Value {
+    Value::Array(list.iter().map(|id| json!({ "id": id })).collect())
+}
+
+fn rest_cases() -> Vec<Case> {
+    vec![
+        get(
+            "default page size",
+            "/customers?select=id,name&order=id",
+            json!([{"id":1,"name":"Ada"},{"id":2,"name":"Brian"}]),
+        ),
+        get(
+            "limit beyond the maximum is clamped",
+            "/customers?select=id&limit=1000",
+            ids(&[1, 2, 3]),
+        ),
+        get("eq", "/customers?select=id&name=eq.Brian", ids(&[2])),
+        get("neq", "/customers?select=id&name=neq.Brian&order=id", ids(&[1, 3])),
+        get("gt on a decimal", "/customers?select=id&balance=gt.0.10", ids(&[1])),
+        get("gte", "/customers?select=id&balance=gte.0.10&order=id", ids(&[1, 2])),
+        get("lt", "/customers?select=id&balance=lt.1000", ids(&[2])),
+        get("lte", "/customers?select=id&balance=lte.1250.50&order=id", ids(&[1, 2])),
+        get("like with *", "/customers?select=id&name=like.*r*", ids(&[2])),
+        get("like is case-sensitive", "/customers?select=id&name=like.b*", ids(&[])),
+        get("ilike", "/customers?select=id&name=ilike.b*", ids(&[2])),
+        get("in", "/customers?select=id&id=in.(1,3)&order=id", ids(&[1, 3])),
+        get("is null", "/customers?select=id&email=is.null", ids(&[2])),
+        get("is true", "/customers?select=id&vip=is.true", ids(&[1])),
+        get(
+            "eq on a boolean",
+            "/customers?select=id&vip=eq.false&order=id",
+            ids(&[2, 3]),
+        ),
+        get(
+            "not.is.null",
+            "/customers?select=id&email=not.is.null&order=id",
+            ids(&[1, 3]),
+        ),
+        get("not.eq", "/customers?select=id&name=not.eq.Ada&order=id", ids(&[2, 3])),
+        get(
+            "or",
+            "/customers?select=id&or=(id.eq.1,balance.is.null)&order=id",
+            ids(&[1, 3]),
+        ),
+        get(
+            "nested and in or",
+            "/customers?select=id&or=(and(vip.is.false,balance.lt.1),id.eq.3)&order=id",
+            ids(&[2, 3]),
+        ),
+        get("not.or", "/customers?select=id&not.or=(id.eq.1,id.eq.2)", ids(&[3])),
+        get(
+            "a full row by key: decimals, booleans, timestamps, JSON",
+            "/customers/1",
+            json!({"id":1,"name":"Ada","email":"ada@example.com","vip":true,"balance":1250.50,"joined_at":"2024-01-02T03:04:05","profile":{"tier":"gold","tags":[1,2]}}),
+        ),
+        get(
+            "NULLs",
+            "/customers/3?select=balance,joined_at",
+            json!({"balance":null,"joined_at":null}),
+        ),
+        get("rename", "/customers?select=who:name&id=eq.1", json!([{"who":"Ada"}])),
+        get(
+            "embed to-many",
+            "/customers?select=id,orders(id,total)&id=in.(1,3)&order=id",
+            json!([{"id":1,"orders":[{"id":10,"total":99.90},{"id":11,"total":15.00}]},{"id":3,"orders":[]}]),
+        ),
+        get(
+            "embed to-one with alias",
+            "/orders?select=id,buyer:customers(name)&id=eq.12",
+            json!([{"id":12,"buyer":{"name":"Brian"}}]),
+        ),
+        get(
+            "nested embed",
+            "/order_items?select=product,orders(id,customers(name))&order_id=eq.11",
+            json!([{"product":"pad","orders":{"id":11,"customers":{"name":"Ada"}}}]),
+        ),
+        get(
+            "order asc puts NULLs last",
+            "/customers?select=id&order=balance.asc&limit=3",
+            ids(&[2, 1, 3]),
+        ),
+        get(
+            "order desc puts NULLs first",
+            "/customers?select=id&order=balance.desc&limit=3",
+            ids(&[3, 1, 2]),
+        ),
+        get(
+            "nullsfirst",
+            "/customers?select=id&order=balance.asc.nullsfirst&limit=3",
+            ids(&[3, 2, 1]),
+        ),
+        get(
+            "several terms with nullslast",
+            "/customers?select=id&order=email.desc.nullslast,id&limit=3",
+            ids(&[3, 1, 2]),
+        ),
+        get(
+            "limit and offset with an exact count",
+            "/customers?select=id&order=id&offset=1&limit=1",
+            ids(&[2]),
+        )
+        .with_header("Prefer", "count=exact")
+        .expect_header("content-range", "1-1/3"),
+        get("Range header", "/customers?select=id&order=id", ids(&[2, 3]))
+            .with_header("Range-Unit", "items")
+            .with_header("Range", "1-2")
+            .expect_header("content-range", "1-2/*"),
+        get("empty page with a count", "/customers?select=id&id=gt.100", ids(&[]))
+            .with_header("Prefer", "count=exact")
+            .expect_header("content-range", "*/0"),
+        get("view", "/vip_customers?order=id", json!([{"id":1,"name":"Ada"}])),
+        get(
+            "composite key",
+            "/order_items/10,ink",
+            json!({"order_id":10,"product":"ink","quantity":1}),
+        ),
+        get("single object", "/customers?select=name&id=eq.1", json!({"name":"Ada"}))
+            .with_header("Accept", "application/vnd.pgrst.object+json"),
+        case(
+            "insert one, returning it",
+            "POST",
+            "/customers?select=id,name,balance,vip",
+            201,
+            Some(json!([{"id":4,"name":"Dan","balance":1234567890.12,"vip":false}])),
+        )
+        .with_header(REPRESENTATION.0, REPRESENTATION.1)
+        .with_body(json!({"id":4,"name":"Dan","balance":1234567890.12})),
+        case("insert many, minimal", "POST", "/customers", 201, None)
+            .with_body(json!([{"id":5,"name":"Eve"},{"id":6,"name":"Finn"}])),
+        get(
+            "inserted rows are there",
+            "/customers?select=id&id=gte.4&order=id&limit=3",
+            ids(&[4, 5, 6]),
+        ),
+        case(
+            "upsert merges duplicates",
+            "POST",
+            "/customers?on_conflict=id&select=id,name",
+            201,
+            Some(json!([{"id":5,"name":"Eve2"}])),
+        )
+        .with_header("Prefer", "resolution=merge-duplicates, return=representation")
+        .with_body(json!([{"id":5,"name":"Eve2"}])),
+        case(
+            "upsert inserts new rows",
+            "POST",
+            "/customers?on_conflict=id",
+            201,
+            None,
+        )
+        .with_header("Prefer", "resolution=merge-duplicates")
+        .with_body(json!([{"id":6,"name":"Finn2"},{"id":7,"name":"Gus"}])),
+        case("ignore-duplicates keeps the row", "POST", "/customers", 201, None)
+            .with_header("Prefer", "resolution=ignore-duplicates")
+            .with_body(json!({"id":5,"name":"Nope"})),
+        get(
+            "after upserts",
+            "/customers?select=id,name&id=gte.5&order=id&limit=3",
+            json!([{"id":5,"name":"Eve2"},{"id":6,"name":"Finn2"},{"id":7,"name":"Gus"}]),
+        ),
+        case(
+            "insert with columns= defaults missing keys to null",
+            "POST",
+            "/customers?columns=id,name,email",
+            201,
+            None,
+        )
+        .with_body(json!([{"id":9,"name":"Ivy","email":"ivy@example.com"},{"id":10,"name":"Jo"}])),
+        get(
+            "columns= rows",
+            "/customers?select=id,email&id=in.(9,10)&order=id",
+            json!([{"id":9,"email":"ivy@example.com"},{"id":10,"email":null}]),
+        ),
+        case(
+            "patch with filters, returning",
+            "PATCH",
+            "/customers?id=eq.6&select=id,email",
+            200,
+            Some(json!([{"id":6,"email":"finn@example.com"}])),
+        )
+        .with_header(REPRESENTATION.0, REPRESENTATION.1)
+        .with_body(json!({"email":"finn@example.com"})),
+        case("patch by key", "PATCH", "/customers/7", 204, None).with_body(json!({"balance":"0.05","vip":true})),
+        get(
+            "patched",
+            "/customers/7?select=vip,balance",
+            json!({"vip":true,"balance":0.05}),
+        ),
+        case(
+            "put creates",
+            "PUT",
+            "/customers/8?select=id,name",
+            200,
+            Some(json!({"id":8,"name":"Hal"})),
+        )
+        .with_header(REPRESENTATION.0, REPRESENTATION.1)
+        .with_body(json!({"name":"Hal"})),
+        case(
+            "put replaces",
+            "PUT",
+            "/customers/8?select=id,name",
+            200,
+            Some(json!({"id":8,"name":"Hal2"})),
+        )
+        .with_header(REPRESENTATION.0, REPRESENTATION.1)
+        .with_body(json!({"id":8,"name":"Hal2"})),
+        case(
+            "upsert on a composite key",
+            "POST",
+            "/order_items?on_conflict=order_id,product",
+            201,
+            None,
+        )
+        .with_header("Prefer", "resolution=merge-duplicates")
+        .with_body(json!([{"order_id":12,"product":"pen","quantity":7},{"order_id":12,"product":"cap","quantity":1}])),
+        get(
+            "composite upsert result",
+            "/order_items?select=product,quantity&order_id=eq.12&order=product",
+            json!([{"product":"cap","quantity":1},{"product":"pen","quantity":7}]),
+        ),
+        case("patch a composite key", "PATCH", "/order_items/10,pen", 204, None).with_body(json!({"quantity":5})),
+        get(
+            "patched composite",
+            "/order_items/10,pen?select=quantity",
+            json!({"quantity":5}),
+        ),
+        case("write JSON", "PATCH", "/customers/2", 204, None)
+            .with_body(json!({"profile":{"a":[1,{"b":null}],"s":"x"}})),
+        get(
+            "read JSON back",
+            "/customers/2?select=profile",
+            json!({"profile":{"a":[1,{"b":null}],"s":"x"}}),
+        ),
+        case(
+            "delete with filters, returning",
+            "DELETE",
+            "/order_items?order_id=eq.10&product=eq.ink",
+            200,
+            Some(json!([{"order_id":10,"product":"ink","quantity":1}])),
+        )
+        .with_header(REPRESENTATION.0, REPRESENTATION.1),
+        get(
+            "filter on a timestamp",
+            "/customers?select=id&joined_at=gt.2024-01-15T00:00:00Z",
+            ids(&[2]),
+        ),
+        case("write an RFC 3339 timestamp", "PATCH", "/customers/3", 204, None)
+            .with_body(json!({"joined_at":"2024-03-04T05:06:07Z"})),
+        get(
+            "timestamps read back as RFC 3339",
+            "/customers/3?select=joined_at",
+            json!({"joined_at":"2024-03-04T05:06:07"}),
+        ),
+        case("delete by key", "DELETE", "/customers/8", 204, None),
+        case("deleted row is gone", "GET", "/customers/8", 404, None),
+        case("patch by a missing key", "PATCH", "/customers/999", 404, None).with_body(json!({"name":"x"})),
+    ]
+}
+
+async fn run(api: &TestApi, case: &Case) -> Reply {
+    let body = case.body.as_ref().map(Value::to_string);
+    api.call(case.method, case.path, &case.headers, body.as_deref()).await
+}
+
+async fn rest_cases_pass(engine: Engine) {
+    let api = start(engine).await;
+    let mut failures = Vec::new();
+    for case in rest_cases() {
+        let reply = run(&api, &case).await;
+        let mut problems = Vec::new();
+        if reply.status != case.status {
+            problems.push(format!("status {} (wanted {})", reply.status, case.status));
+        }
+        if let Some(expected) = &case.expect {
+            let actual: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+            if !same_json(&actual, expected) {
+                problems.push(format!("body {} (wanted {expected})", reply.body));
+            }
+        }
+        if let Some((name, value)) = case.header
+            && reply.header(name) != Some(value)
+        {
+            problems.push(format!("{name}: {:?} (wanted {value})", reply.header(name)));
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{} {} [{}]: {}",
+                case.method,
+                case.path,
+                case.name,
+                problems.join("; ")
+            ));
+        }
+    }
+    api.cleanup().await;
+    assert!(
+        failures.is_empty(),
+        "{engine:?}: {} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn rest_cases_pass_on_postgres() {
+    rest_cases_pass(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn rest_cases_pass_on_mariadb() {
+    rest_cases_pass(Engine::Mysql).await;
+}
+
+#[tokio::test]
+async fn rest_cases_pass_on_sqlite() {
+    rest_cases_pass(Engine::Sqlite).await;
+}
+
+/// (name, method, path, body, status, error code)
+type BadCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<String>,
+    u16,
+    &'static str,
+);
+
+fn bad_cases() -> Vec<BadCase> {
+    let oversized = format!("{{\"id\":50,\"name\":\"{}\"}}", "x".repeat(4096));
+    vec![
+        ("unknown table", "GET", "/nope", None, 404, "unknown_table"),
+        (
+            "unknown column in select",
+            "GET",
+            "/customers?select=nope",
+            None,
+            400,
+            "unknown_column",
+        ),
+        (
+            "unknown column in a filter",
+            "GET",
+            "/customers?nope=eq.1",
+            None,
+            400,
+            "unknown_column",
+        ),
+        (
+            "unknown column in order",
+            "GET",
+            "/customers?order=nope",
+            None,
+            400,
+            "unknown_column",
+        ),
+        (
+            "unknown embedded table",
+            "GET",
+            "/customers?select=id,nope(id)",
+            None,
+            404,
+            "unknown_table",
+        ),
+        (
+            "malformed operator",
+            "GET",
+            "/customers?id=equals.1",
+            None,
+            400,
+            "bad_query",
+        ),
+        (
+            "filter without operator",
+            "GET",
+            "/customers?id=1",
+            None,
+            400,
+            "bad_query",
+        ),
+        (
+            "malformed in list",
+            "GET",
+            "/customers?id=in.1,2",
+            None,
+            400,
+            "bad_query",
+        ),
+        (
+            "malformed order",
+            "GET",
+            "/customers?order=id.sideways",
+            None,
+            400,
+            "bad_query",
+        ),
+        (
+            "wrong-type value",
+            "GET",
+            "/customers?id=eq.abc",
+            None,
+            400,
+            "wrong_type",
+        ),
+        ("wrong-type key", "GET", "/customers/abc", None, 400, "wrong_type"),
+        (
+            "incomplete composite key",
+            "GET",
+            "/order_items/10",
+            None,
+            400,
+            "bad_query",
+        ),
+        (
+            "invalid JSON body",
+            "POST",
+            "/customers",
+            Some("{\"id\":".into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "body that is not an object",
+            "POST",
+            "/customers",
+            Some("42".into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "body over the limit",
+            "POST",
+            "/customers",
+            Some(oversized),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "unknown column in a body",
+            "POST",
+            "/customers",
+            Some("{\"nope\":1}".into()),
+            400,
+            "unknown_column",
+        ),
+        (
+            "wrong-type body value",
+            "POST",
+            "/customers",
+            Some("{\"id\":\"abc\",\"name\":\"x\"}".into()),
+            400,
+            "wrong_type",
+        ),
+        (
+            "rows with different keys",
+            "POST",
+            "/customers",
+            Some("[{\"id\":20,\"name\":\"a\"},{\"id\":21}]".into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "duplicate key",
+            "POST",
+            "/customers",
+            Some("{\"id\":1,\"name\":\"dup\"}".into()),
+            409,
+            "conflict",
+        ),
+        (
+            "missing referenced row",
+            "POST",
+            "/orders",
+            Some("{\"id\":99,\"customer_id\":999,\"total\":1}".into()),
+            409,
+            "conflict",
+        ),
+        (
+            "null in a required column",
+            "POST",
+            "/customers",
+            Some("{\"id\":30,\"name\":null}".into()),
+            400,
+            "invalid_value",
+        ),
+        (
+            "write to a read-only view",
+            "POST",
+            "/vip_customers",
+            Some("{\"id\":1,\"name\":\"x\"}".into()),
+            405,
+            "read_only",
+        ),
+        (
+            "filterless PATCH",
+            "PATCH",
+            "/customers",
+            Some("{\"name\":\"x\"}".into()),
+            400,
+            "filter_required",
+        ),
+        (
+            "unknown endpoint",
+            "GET",
+            "/customers/1/2",
+            None,
+            404,
+            "no_such_endpoint",
+        ),
+        (
+            "PUT with a body key that differs from the path",
+            "PUT",
+            "/customers/1",
+            Some("{\"id\":2,\"name\":\"x\"}".into()),
+            400,
+            "invalid_body",
+        ),
+        (
+            "method not allowed",
+            "PUT",
+            "/customers",
+            Some("{}".into()),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "filterless DELETE",
+            "DELETE",
+            "/customers",
+            None,
+            400,
+            "filter_required",
+        ),
+        (
+            "injection in the table name",
+            "GET",
+            "/customers;DROP%20TABLE%20orders",
+            None,
+            404,
+            "unknown_table",
+        ),
+        (
+            "injection in a select column",
+            "GET",
+            "/customers?select=id,name%3BDROP%20TABLE%20orders",
+            None,
+            400,
+            "unknown_column",
+        ),
+        (
+            "injection in a quoted select column",
+            "GET",
+            "/customers?select=%22id%22%20FROM%20orders--",
+            None,
+            400,
+            "unknown_column",
+        ),
+        (
+            "injection in a filter column",
+            "GET",
+            "/customers?id%3BDROP%20TABLE%20orders--=eq.1",
+            None,
+            400,
+            "unknown_column",
+        ),
+        (
+            "injection in an operator",
+            "GET",
+            "/customers?id=eq%3BDROP%20TABLE%20orders.1",
+            None,
+            400,
+            "bad_query",
+        ),
+        (
+            "injection in a typed value",
+            "GET",
+            "/customers?id=eq.1%3BDROP%20TABLE%20orders",
+            None,
+            400,
+            "wrong_type",
+        ),
+        (
+            "injection in order",
+            "GET",
+            "/customers?order=id%3BDROP%20TABLE%20orders",
+            None,
+            400,
+            "unknown_column",
+        ),
+        (
+            "injection in an order modifier",
+            "GET",
+            "/customers?order=id.desc%3BDROP%20TABLE%20orders",
+            None,
+            400,
+            "bad_query",
+        ),
+        (
+            "injection in an embed",
+            "GET",
+            "/customers?select=orders(id%3BDROP%20TABLE%20orders)",
+            None,
+            400,
+            "unknown_column",
+        ),
+        (
+            "injection in on_conflict",
+            "POST",
+            "/customers?on_conflict=id)%3BDROP%20TABLE%20orders--",
+            Some("{\"id\":1,\"name\":\"x\"}".into()),
+            400,
+            "unknown_column",
+        ),
+        (
+            "injection in a body key",
+            "POST",
+            "/customers",
+            Some("{\"name\\\"); DROP TABLE orders; --\":1}".into()),
+            400,
+            "unknown_column",
+        ),
+    ]
+}
+
+/// Every row of every fixture table, paged through the API.
+async fn snapshot(api: &TestApi) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for (table, order) in [
+        ("customers", "id"),
+        ("orders", "id"),
+        ("order_items", "order_id,product"),
+    ] {
+        let mut offset = 0;
+        loop {
+            let reply = api
+                .call(
+                    "GET",
+                    &format!("/{table}?order={order}&limit=3&offset={offset}"),
+                    &[],
+                    None,
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            let Value::Array(page) = reply.json() else {
+                panic!("not an array: {}", reply.body)
+            };
+            if page.is_empty() {
+                break;
+            }
+            offset += page.len();
+            rows.extend(page);
+        }
+    }
+    rows
+}
+
+async fn bad_input_is_refused(engine: Engine) {
+    let api = start(engine).await;
+    let before = snapshot(&api).await;
+    let mut failures = Vec::new();
+    for (name, method, path, body, status, code) in bad_cases() {
+        let reply = api.call(method, path, &[], body.as_deref()).await;
+        let error: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+        let shape_ok = ["code", "message", "details", "hint"]
+            .iter()
+            .all(|key| error.get(key).is_some());
+        let leaks = ["SELECT", "INSERT", "syntax", "sqlx", "SQLSTATE"]
+            .iter()
+            .any(|word| reply.body.contains(word));
+        if reply.status != status
+            || error["code"] != code
+            || !shape_ok
+            || leaks
+            || reply.header("x-request-id").is_none()
+        {
+            failures.push(format!("{method} {path} [{name}]: {} {}", reply.status, reply.body));
+        }
+    }
+    let clamped = api.call("GET", "/customers?select=id&limit=100000", &[], None).await;
+    if clamped.json().as_array().map(Vec::len) != Some(3) {
+        failures.push(format!(
+            "limit beyond the maximum was not clamped to 3: {}",
+            clamped.body
+        ));
+    }
+    let injected_value = api
+        .call(
+            "GET",
+            "/customers?name=eq.x%27%3B%20DROP%20TABLE%20orders%3B--",
+            &[],
+            None,
+        )
+        .await;
+    if injected_value.status != 200 || injected_value.json() != json!([]) {
+        failures.push(format!(
+            "a hostile value was not just a value: {} {}",
+            injected_value.status, injected_value.body
+        ));
+    }
+    let after = snapshot(&api).await;
+    api.cleanup().await;
+    assert!(
+        failures.is_empty(),
+        "{engine:?}: {} bad-input case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(before, after, "{engine:?}: bad input changed the data");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_on_postgres() {
+    bad_input_is_refused(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_on_mariadb() {
+    bad_input_is_refused(Engine::Mysql).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_on_sqlite() {
+    bad_input_is_refused(Engine::Sqlite).await;
+}
+
+async fn outage_is_survived(engine: Engine) {
+    let url = match engine {
+        Engine::Postgres => sluice_tests::services::postgres_url(),
+        _ => sluice_tests::services::mysql_url(),
+    };
+    let port: u16 = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+        .expect("URL has a port");
+    let mut proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
+    let proxied = format!(":{}/", proxy.address.port());
+    let api = start_with(engine, |url| url.replacen(&format!(":{port}/"), &proxied, 1)).await;
+    assert_eq!(api.call("GET", "/customers/1?select=id", &[], None).await.status, 200);
+
+    proxy.stop();
+    let down = api.call("GET", "/customers/1?select=id", &[], None).await;
+    assert_eq!(down.status, 503, "{engine:?}: {}", down.body);
+    assert_eq!(down.json()["code"], "unavailable");
+    assert!(down.header("retry-after").is_some(), "{engine:?}: no Retry-After");
+    assert_eq!(
+        api.get("/readyz").await.status,
+        503,
+        "{engine:?}: still ready with the database gone"
+    );
+
+    proxy.resume().await;
+    api.wait_ready().await;
+    let back = api.call("GET", "/customers/1?select=id", &[], None).await;
+    assert_eq!(back.status, 200, "{engine:?}: {}", back.body);
+    api.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_outage_gives_503_and_recovers() {
+    outage_is_survived(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn mariadb_outage_gives_503_and_recovers() {
+    outage_is_survived(Engine::Mysql).await;
+}
+
+#[tokio::test]
+async fn openapi_and_docs_describe_every_table() {
+    let api = start(Engine::Sqlite).await;
+    let reply = api.call("GET", "/openapi.json", &[], None).await;
+    assert_eq!(reply.status, 200);
+    let document = reply.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    for path in [
+        "/customers",
+        "/customers/{key}",
+        "/orders",
+        "/order_items/{key}",
+        "/vip_customers",
+    ] {
+        assert!(document["paths"].get(path).is_some(), "missing {path}");
+    }
+    assert!(
+        document["paths"]["/vip_customers"].get("post").is_none(),
+        "a read-only view offers POST"
+    );
+    assert_eq!(
+        document["components"]["schemas"]["customers"]["properties"]["vip"]["type"],
+        "boolean"
+    );
+    let docs = api.call("GET", "/docs", &[], None).await;
+    assert_eq!(docs.status, 200);
+    assert!(docs.body.contains("/api/customers") && !docs.body.contains("http://") && !docs.body.contains("https://"));
+    assert_eq!(api.get("/healthz").await.status, 200);
+    api.cleanup().await;
+}
+
+async fn slow_statements_time_out(engine: Engine) {
+    let api = start(engine).await;
+    let started = std::time::Instant::now();
+    let reply = api.call("GET", "/slow", &[], None).await;
+    assert_eq!(reply.status, 504, "{engine:?}: {}", reply.body);
+    assert_eq!(reply.json()["code"], "statement_timeout");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{engine:?}: the statement was not cancelled"
+    );
+    assert_eq!(api.call("GET", "/customers/1?select=id", &[], None).await.status, 200);
+    api.cleanup().await;
+}
+
+#[tokio::test]
+async fn slow_statements_time_out_on_postgres() {
+    slow_statements_time_out(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn slow_statements_time_out_on_mariadb() {
+    slow_statements_time_out(Engine::Mysql).await;
+}
+
+async fn engine_types_round_trip(engine: Engine, row: Value) {
+    let api = start(engine).await;
+    let created = api
+        .call("POST", "/special", &[REPRESENTATION], Some(&row.to_string()))
+        .await;
+    assert_eq!(created.status, 201, "{engine:?}: {}", created.body);
+    assert_eq!(created.json(), json!([row.clone()]), "{engine:?}: written");
+    let read = api.call("GET", "/special/1", &[], None).await;
+    assert_eq!(read.json(), row, "{engine:?}: read back");
+    let filtered = api
+        .call("GET", "/special?select=id&data=eq.aGVsbG8%3D", &[], None)
+        .await;
+    assert_eq!(filtered.json(), json!([{"id": 1}]), "{engine:?}: filter on bytes");
+    let through_view = api.call("POST", "/special_view", &[], Some(r#"{"id": 2}"#)).await;
+    assert_eq!(
+        through_view.status, 201,
+        "{engine:?}: insert through an updatable view: {}",
+        through_view.body
+    );
+    assert_eq!(
+        api.call("GET", "/special/2?select=id", &[], None).await.json(),
+        json!({"id": 2})
+    );
+    api.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_arrays_bytes_timestamps_and_updatable_views() {
+    let row = json!({"id": 1, "tags": ["a", "b \"q\"", null], "scores": [1, 2], "data": "aGVsbG8=", "at": "2024-01-02T03:04:05+00:00"});
+    engine_types_round_trip(Engine::Postgres, row).await;
+}
+
+#[tokio::test]
+async fn mariadb_bytes_timestamps_and_updatable_views() {
+    let row = json!({"id": 1, "data": "aGVsbG8=", "at": "2024-01-02T03:04:05Z"});
+    engine_types_round_trip(Engine::Mysql, row).await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    let mut api = start(Engine::Postgres).await;
+    let (address, path) = (api.address, format!("{}/slow", api.base));
+    let in_flight = tokio::spawn(async move { request(address, "GET", &path, &[], None).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    api.shut_down().await.expect("the server stops cleanly");
+    let reply = in_flight.await.expect("the request task");
+    assert_eq!(
+        reply.status, 504,
+        "the in-flight request was not answered: {}",
+        reply.body
+    );
+    assert!(
+        tokio::net::TcpStream::connect(address).await.is_err(),
+        "still accepting connections"
+    );
+    api.cleanup().await;
+}

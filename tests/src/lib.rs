@@ -1,4 +1,5 @@
 //! Support code shared by Sluice's integration and end-to-end tests.
 
+pub mod controlplane;
 pub mod runtime;
 pub mod services;

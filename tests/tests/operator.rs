@@ -1,0 +1,581 @@
+//! The operator against a real API server: each test runs the controllers in-process, scoped to
+//! its own namespace, and checks what lands in the cluster.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sluice_crds::config::CONFIG_FILE_NAME;
+use sluice_crds::{ApiRole, DataApi, KeyHashes, RuntimeConfig, resolve};
+use sluice_operator::keys::{KEY_DATA_KEY, KEY_PREFIX, secret_value};
+use sluice_operator::resources::RESTART_HASH_ANNOTATION;
+use sluice_operator::{Settings, status};
+use sluice_tests::controlplane::ControlPlane;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn install_crds() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let cp = ControlPlane::shared();
+        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+        let output = cp
+            .kubectl()
+            .args(["apply", "--server-side", "-f", crds])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "kubectl apply crds: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let output = cp
+            .kubectl()
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/dataapis.sluice.dev",
+                "crd/apiroles.sluice.dev",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "CRDs not established: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+}
+
+/// A test namespace with the operator running for it; the operator stops with the test.
+struct Harness {
+    client: Client,
+    namespace: String,
+    operator: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.operator.abort();
+    }
+}
+
+async fn harness(prefix: &str) -> Harness {
+    install_crds();
+    let cp = ControlPlane::shared();
+    let namespace = cp.namespace(prefix).await;
+    let client = cp.client();
+    let settings = Settings {
+        runtime_image: "sluice-runtime:test".into(),
+        resync: Duration::from_secs(2),
+    };
+    let operator = tokio::spawn(sluice_operator::run(client.clone(), settings, Some(namespace.clone())));
+    Harness {
+        client,
+        namespace,
+        operator,
+    }
+}
+
+impl Harness {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn apply_yaml<K>(&self, yaml: &str) -> K
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let object: K = serde_yaml::from_str(yaml).unwrap();
+        self.api::<K>()
+            .patch(
+                &object.name_any(),
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying {yaml}: {e}"))
+    }
+
+    async fn dsn_secret(&self, name: &str, url: &str) {
+        self.apply_yaml::<Secret>(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {name} }}\nstringData: {{ url: \"{url}\" }}"
+        ))
+        .await;
+    }
+}
+
+/// Polls `check` until it yields a value, failing the test after [`WAIT`] with `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition<'a>(
+    api: &'a DataApi,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    api.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+async fn wait_condition(h: &Harness, name: &str, type_: &str, status: &str) -> DataApi {
+    let apis = h.api::<DataApi>();
+    eventually(&format!("DataApi {name} {type_}={status}"), || async {
+        let api = apis.get(name).await.ok()?;
+        let current = condition(&api, type_)?;
+        (current.status == status && current.observed_generation == api.metadata.generation).then_some(api)
+    })
+    .await
+}
+
+const DATA_API: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: DataApi
+metadata: { name: sales }
+spec:
+  database: { engine: postgres, connectionSecretRef: { name: sales-db, key: url } }
+  auth: { anonymousRole: viewer }
+  runtime: { replicas: 2 }
+"#;
+
+const VIEWER: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: viewer }
+spec:
+  dataApis: [sales]
+  rules: [{ tables: [products], verbs: [read] }]
+"#;
+
+const ANALYST: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: analyst }
+spec:
+  dataApis: [sales]
+  rules: [{ tables: [customers], verbs: [read], fields: { deny: [email] } }]
+  apiKeys: [{ name: dashboard }]
+"#;
+
+async fn ready_sales(h: &Harness) -> DataApi {
+    h.dsn_secret("sales-db", "postgres://u:p@db:5432/sales").await;
+    h.apply_yaml::<ApiRole>(VIEWER).await;
+    h.apply_yaml::<ApiRole>(ANALYST).await;
+    h.apply_yaml::<DataApi>(DATA_API).await;
+    wait_condition(h, "sales", status::READY, "True").await
+}
+
+async fn rendered_config(h: &Harness) -> RuntimeConfig {
+    let secret = h.api::<Secret>().get("sluice-sales-config").await.unwrap();
+    serde_json::from_str(&secret_value(&secret, CONFIG_FILE_NAME).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_data_api_with_two_roles_becomes_ready_with_its_children() {
+    let h = harness("op-ready").await;
+    let api = ready_sales(&h).await;
+
+    let deployment = h.api::<Deployment>().get("sluice-sales").await.unwrap();
+    let service = h.api::<Service>().get("sluice-sales").await.unwrap();
+    let budget = h.api::<PodDisruptionBudget>().get("sluice-sales").await.unwrap();
+    for meta in [&deployment.metadata, &service.metadata, &budget.metadata] {
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("DataApi", "sales", Some(true))
+        );
+        assert_eq!(
+            meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+            "sluice-operator"
+        );
+    }
+    let pod = deployment.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let env = pod.containers[0].env.clone().unwrap();
+    let dsn = env.iter().find(|e| e.name == "SLUICE_DATABASE_URL").unwrap();
+    assert_eq!(
+        dsn.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name,
+        "sales-db"
+    );
+    assert_eq!(deployment.status.as_ref().unwrap().available_replicas, Some(2));
+
+    // The rendered config is exactly what resolve() gives for these objects and key.
+    let key_secret = eventually("the generated key", || async {
+        h.api::<Secret>().get_opt("analyst-key-dashboard").await.ok().flatten()
+    })
+    .await;
+    let key = secret_value(&key_secret, KEY_DATA_KEY).unwrap();
+    assert!(
+        key.starts_with(KEY_PREFIX) && key.len() >= KEY_PREFIX.len() + 43,
+        "{key}"
+    );
+    let roles = [
+        h.api::<ApiRole>().get("viewer").await.unwrap(),
+        h.api::<ApiRole>().get("analyst").await.unwrap(),
+    ];
+    let mut hashes = KeyHashes::new();
+    hashes.insert_plaintext("analyst", "dashboard", &key);
+    assert_eq!(rendered_config(&h).await, resolve(&api, &roles, &hashes).unwrap());
+    assert!(
+        !serde_json::to_string(&rendered_config(&h).await)
+            .unwrap()
+            .contains(&key),
+        "only hashes leave the key Secret"
+    );
+
+    let status = api.status.clone().unwrap();
+    assert_eq!(status.bound_roles, ["analyst", "viewer"]);
+    assert_eq!(status.ready_replicas, Some(2));
+    assert_eq!(
+        status.url.as_deref(),
+        Some(format!("http://sluice-sales.{}.svc", h.namespace).as_str())
+    );
+    for type_ in [status::CONFIG_VALID, status::AVAILABLE] {
+        assert_eq!(condition(&api, type_).unwrap().status, "True", "{type_}");
+    }
+    assert_eq!(
+        condition(&api, status::PROGRESSING).unwrap().reason,
+        status::reason::ROLLOUT_COMPLETE
+    );
+
+    let role = eventually("ApiRole analyst status", || async {
+        let role = h.api::<ApiRole>().get("analyst").await.ok()?;
+        role.status.clone().filter(|s| s.keys == Some(1))
+    })
+    .await;
+    assert_eq!(role.bound_data_apis, ["sales"]);
+    assert_eq!(role.key_secrets, ["analyst-key-dashboard"]);
+}
+
+#[tokio::test]
+async fn a_missing_dsn_secret_is_reported_and_fixed_by_creating_it() {
+    let h = harness("op-secret").await;
+    h.apply_yaml::<ApiRole>(VIEWER).await;
+    h.apply_yaml::<DataApi>(DATA_API).await;
+
+    let api = wait_condition(&h, "sales", status::CONFIG_VALID, "False").await;
+    let invalid = condition(&api, status::CONFIG_VALID).unwrap();
+    assert_eq!(invalid.reason, status::reason::SECRET_NOT_FOUND);
+    assert_eq!(
+        invalid.message,
+        format!(
+            "spec.database.connectionSecretRef: secret \"sales-db\" not found in namespace {}; create it with key \"url\"",
+            h.namespace
+        )
+    );
+    assert_eq!(condition(&api, status::READY).unwrap().status, "False");
+    assert!(
+        h.api::<Deployment>().get_opt("sluice-sales").await.unwrap().is_none(),
+        "no Deployment while invalid"
+    );
+
+    h.apply_yaml::<Secret>("apiVersion: v1\nkind: Secret\nmetadata: { name: sales-db }\nstringData: { other: x }")
+        .await;
+    let api = eventually("SecretKeyMissing", || async {
+        let api = h.api::<DataApi>().get("sales").await.ok()?;
+        (condition(&api, status::CONFIG_VALID)?.reason == status::reason::SECRET_KEY_MISSING).then_some(api)
+    })
+    .await;
+    assert_eq!(
+        condition(&api, status::CONFIG_VALID).unwrap().message,
+        format!(
+            "spec.database.connectionSecretRef: secret \"sales-db\" has no key \"url\" in namespace {}",
+            h.namespace
+        )
+    );
+
+    h.dsn_secret("sales-db", "postgres://u:p@db/sales").await;
+    wait_condition(&h, "sales", status::READY, "True").await;
+}
+
+async fn resource_versions(h: &Harness) -> Vec<(String, String)> {
+    let rv = |kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (
+            format!("{kind}/{}", meta.name.clone().unwrap()),
+            meta.resource_version.clone().unwrap(),
+        )
+    };
+    vec![
+        rv("DataApi", &h.api::<DataApi>().get("sales").await.unwrap().metadata),
+        rv("ApiRole", &h.api::<ApiRole>().get("analyst").await.unwrap().metadata),
+        rv(
+            "Deployment",
+            &h.api::<Deployment>().get("sluice-sales").await.unwrap().metadata,
+        ),
+        rv(
+            "Service",
+            &h.api::<Service>().get("sluice-sales").await.unwrap().metadata,
+        ),
+        rv(
+            "PodDisruptionBudget",
+            &h.api::<PodDisruptionBudget>()
+                .get("sluice-sales")
+                .await
+                .unwrap()
+                .metadata,
+        ),
+        rv(
+            "Secret",
+            &h.api::<Secret>().get("sluice-sales-config").await.unwrap().metadata,
+        ),
+        rv(
+            "Secret",
+            &h.api::<Secret>().get("analyst-key-dashboard").await.unwrap().metadata,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn reconciling_an_unchanged_object_writes_nothing() {
+    let h = harness("op-idem").await;
+    ready_sales(&h).await;
+    // Let the rollout's last status updates settle before taking the baseline.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = resource_versions(&h).await;
+
+    // The harness resyncs every 2 s: several full reconciles of both objects happen here.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+
+    assert_eq!(
+        resource_versions(&h).await,
+        before,
+        "a no-op reconcile changed an object"
+    );
+}
+
+fn template_hash(deployment: &Deployment) -> (Option<i64>, String) {
+    let annotations = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
+    (
+        deployment.metadata.generation,
+        annotations[RESTART_HASH_ANNOTATION].clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_role_change_rewrites_only_the_config_and_an_image_change_rolls_the_pods() {
+    let h = harness("op-roll").await;
+    ready_sales(&h).await;
+    let deployment = h.api::<Deployment>().get("sluice-sales").await.unwrap();
+    let config_before = rendered_config(&h).await;
+
+    h.api::<ApiRole>()
+        .patch("analyst", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "rules": [{ "tables": ["customers"], "verbs": ["read"], "fields": { "deny": ["email", "phone"] } }] } })))
+        .await
+        .unwrap();
+    let config_after = eventually("the config Secret to carry the new rule", || async {
+        let config = rendered_config(&h).await;
+        (config != config_before).then_some(config)
+    })
+    .await;
+    let deny = &config_after.roles["analyst"].rules[0].fields.as_ref().unwrap().deny;
+    assert_eq!(deny, &["email", "phone"]);
+    let unchanged = h.api::<Deployment>().get("sluice-sales").await.unwrap();
+    assert_eq!(
+        template_hash(&unchanged),
+        template_hash(&deployment),
+        "a role change must not roll the pods"
+    );
+    assert_eq!(
+        unchanged.spec.as_ref().unwrap().template,
+        deployment.spec.as_ref().unwrap().template
+    );
+
+    h.api::<DataApi>()
+        .patch(
+            "sales",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "runtime": { "image": "sluice-runtime:next" } } })),
+        )
+        .await
+        .unwrap();
+    let rolled = eventually("the Deployment to roll", || async {
+        let d = h.api::<Deployment>().get("sluice-sales").await.ok()?;
+        (template_hash(&d).1 != template_hash(&deployment).1).then_some(d)
+    })
+    .await;
+    let pod = rolled.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.containers[0].image.as_deref(), Some("sluice-runtime:next"));
+}
+
+#[tokio::test]
+async fn deleting_a_data_api_leaves_no_children() {
+    let h = harness("op-delete").await;
+    ready_sales(&h).await;
+
+    h.api::<DataApi>()
+        .delete("sales", &DeleteParams::background())
+        .await
+        .unwrap();
+
+    eventually("the garbage collector to remove every child", || async {
+        let gone = h.api::<Deployment>().get_opt("sluice-sales").await.ok()?.is_none()
+            && h.api::<Service>().get_opt("sluice-sales").await.ok()?.is_none()
+            && h.api::<PodDisruptionBudget>()
+                .get_opt("sluice-sales")
+                .await
+                .ok()?
+                .is_none()
+            && h.api::<Secret>().get_opt("sluice-sales-config").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_key_secret_is_regenerated_with_a_new_key_and_removed_keys_are_revoked() {
+    let h = harness("op-keys").await;
+    h.apply_yaml::<ApiRole>(ANALYST).await;
+    let secrets = h.api::<Secret>();
+    let first = eventually("the generated key", || async {
+        secrets.get_opt("analyst-key-dashboard").await.ok().flatten()
+    })
+    .await;
+
+    secrets
+        .delete("analyst-key-dashboard", &DeleteParams::default())
+        .await
+        .unwrap();
+    let second = eventually("the key to be regenerated", || async {
+        let secret = secrets.get_opt("analyst-key-dashboard").await.ok().flatten()?;
+        (secret.metadata.uid != first.metadata.uid).then_some(secret)
+    })
+    .await;
+    assert_ne!(secret_value(&first, KEY_DATA_KEY), secret_value(&second, KEY_DATA_KEY));
+
+    h.api::<ApiRole>()
+        .patch(
+            "analyst",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "apiKeys": null } })),
+        )
+        .await
+        .unwrap();
+    eventually("the removed key to be revoked", || async {
+        secrets
+            .get_opt("analyst-key-dashboard")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let role = eventually("the role to report it is bound to nothing", || async {
+        let role = h.api::<ApiRole>().get("analyst").await.ok()?;
+        role.status.clone().filter(|s| s.keys == Some(0))
+    })
+    .await;
+    let ready = role.conditions.iter().find(|c| c.type_ == status::READY).unwrap();
+    assert_eq!(ready.reason, status::reason::DATA_API_NOT_FOUND);
+    assert!(ready.message.contains("\"sales\" not found"), "{}", ready.message);
+}
+
+#[tokio::test]
+async fn odd_specs_end_in_a_clear_condition() {
+    let h = harness("op-odd").await;
+    h.dsn_secret("db", "postgres://u:p@db/x").await;
+    let long_name = "a".repeat(60);
+    let cases = [
+        (
+            long_name.as_str(),
+            "  database: { engine: postgres, connectionSecretRef: { name: db, key: url } }",
+            status::reason::INVALID_NAME,
+        ),
+        (
+            "anon",
+            "  database: { engine: postgres, connectionSecretRef: { name: db, key: url } }\n  auth: { anonymousRole: ghost }",
+            status::reason::INVALID_SPEC,
+        ),
+        (
+            "jwt",
+            "  database: { engine: postgres, connectionSecretRef: { name: db, key: url } }\n  auth: { jwt: { issuer: i, audiences: [a], hmacSecretRef: { name: nope, key: k } } }",
+            status::reason::SECRET_NOT_FOUND,
+        ),
+        (
+            "keyref",
+            "  database: { engine: postgres, connectionSecretRef: { name: db, key: url } }",
+            status::reason::SECRET_NOT_FOUND,
+        ),
+    ];
+    h.apply_yaml::<ApiRole>(
+        "apiVersion: sluice.dev/v1alpha1\nkind: ApiRole\nmetadata: { name: byo }\nspec: { dataApis: [keyref, missing-api], apiKeys: [{ name: ci, secretRef: { name: ci-token, key: token } }] }",
+    )
+    .await;
+    for (name, spec, _) in &cases {
+        h.apply_yaml::<DataApi>(&format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: {name} }}\nspec:\n{spec}"
+        ))
+        .await;
+    }
+    for (name, _, reason) in cases {
+        let api = wait_condition(&h, name, status::CONFIG_VALID, "False").await;
+        let invalid = condition(&api, status::CONFIG_VALID).unwrap();
+        assert_eq!(invalid.reason, reason, "{name}: {}", invalid.message);
+        assert!(!invalid.message.is_empty());
+    }
+    let role = eventually("ApiRole byo to report the missing DataApi", || async {
+        let role = h.api::<ApiRole>().get("byo").await.ok()?;
+        role.status.clone().filter(|s| !s.conditions.is_empty())
+    })
+    .await;
+    assert!(
+        role.conditions[0].message.contains("\"missing-api\" not found"),
+        "{}",
+        role.conditions[0].message
+    );
+
+    // Fixing one object fixes it alone; the others were never stalled by it.
+    h.apply_yaml::<Secret>(
+        "apiVersion: v1\nkind: Secret\nmetadata: { name: ci-token }\nstringData: { token: byo-secret-token }",
+    )
+    .await;
+    wait_condition(&h, "keyref", status::READY, "True").await;
+
+    let created = h
+        .api::<DataApi>()
+        .create(
+            &PostParams::default(),
+            &serde_yaml::from_str("apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: { name: huge }\nspec: { database: { engine: sqlite, path: /x }, runtime: { replicas: 5 } }").unwrap(),
+        )
+        .await;
+    let error = created.expect_err("the API server refuses SQLite with several replicas");
+    assert!(
+        error.to_string().contains("SQLite is a single-writer file database"),
+        "{error}"
+    );
+}

@@ -170,7 +170,8 @@ pub struct RowPredicate {
     /// The column compared.
     #[schemars(length(min = 1, max = 128))]
     pub column: String,
-    /// The comparison.
+    /// The comparison, from a closed set compiled to parameterised SQL: `eq`, `neq`, `gt`, `gte`,
+    /// `lt`, `lte`, `like`, `ilike`, `in`, `is`.
     pub op: FilterOperator,
     /// The value compared with: a string (with optional `{claims.<name>}` placeholders), number,
     /// boolean or null; for `in`, a list, or a single placeholder naming a list claim.

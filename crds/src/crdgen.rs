@@ -14,8 +14,14 @@ pub const REGENERATE_COMMAND: &str = "cargo run -p sluice-crds --bin crdgen";
 /// Every CRD with the repository-relative paths its YAML is committed at.
 pub fn crds() -> Vec<(CustomResourceDefinition, Vec<&'static str>)> {
     vec![
-        (DataApi::crd(), vec!["crds/dataapi.yaml"]),
-        (ApiRole::crd(), vec!["crds/apirole.yaml"]),
+        (
+            DataApi::crd(),
+            vec!["crds/dataapi.yaml", "charts/sluice/crds/dataapi.yaml"],
+        ),
+        (
+            ApiRole::crd(),
+            vec!["crds/apirole.yaml", "charts/sluice/crds/apirole.yaml"],
+        ),
     ]
 }
 

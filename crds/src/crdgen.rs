@@ -31,9 +31,17 @@ pub fn render(crd: &CustomResourceDefinition) -> String {
     format!("# Generated from the Rust types in crds/src by `{REGENERATE_COMMAND}`. Do not edit.\n{body}")
 }
 
-/// Writes every CRD file under the repository root `root`; returns the paths written.
+/// Writes every CRD file and the CRD reference under the repository root `root`; returns the
+/// paths written.
 pub fn write_all(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
+    let reference = root.join(crate::reference::REFERENCE_PATH);
+    if let Some(parent) = reference.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let definitions: Vec<CustomResourceDefinition> = crds().into_iter().map(|(crd, _)| crd).collect();
+    std::fs::write(&reference, crate::reference::markdown(&definitions))?;
+    written.push(reference);
     for (crd, paths) in crds() {
         let yaml = render(&crd);
         for relative in paths {

@@ -3,13 +3,15 @@
 //! - [`DataApi`] and [`ApiRole`]: the custom resources users apply (group `sluice.dev`, version `v1alpha1`).
 //! - [`RuntimeConfig`]: the resolved, self-contained configuration one runtime pod reads.
 //! - [`resolve`]: turns a DataApi and the ApiRoles around it into a [`RuntimeConfig`].
-//! - [`crdgen`]: renders the CRD YAML committed under `crds/` and detects drift from these types.
+//! - [`crdgen`]: renders the CRD YAML committed under `crds/` and detects drift from these types;
+//!   [`reference`] renders the Markdown reference under `docs/`.
 
 pub mod apirole;
 pub mod common;
 pub mod config;
 pub mod crdgen;
 pub mod dataapi;
+pub mod reference;
 pub mod resolve;
 
 pub use apirole::{ApiRole, ApiRoleSpec, ApiRoleStatus};

@@ -27,6 +27,16 @@ fn committed_yaml_matches_the_rust_types() {
 }
 
 #[test]
+fn committed_reference_matches_the_rust_types() {
+    let definitions: Vec<_> = crds().into_iter().map(|(crd, _)| crd).collect();
+    assert!(
+        repo_file(sluice_crds::reference::REFERENCE_PATH) == sluice_crds::reference::markdown(&definitions),
+        "{} has drifted from the Rust types; run `{REGENERATE_COMMAND}`",
+        sluice_crds::reference::REFERENCE_PATH
+    );
+}
+
+#[test]
 fn drift_check_catches_a_field_added_without_regenerating() {
     let (crd, _) = crds().remove(0);
     let committed = render(&crd);

@@ -1,4 +1,5 @@
-//! Writes the CRD YAML under `crds/` (and the Helm chart's copy) from the Rust types:
+//! Writes the CRD YAML under `crds/`, the Helm chart's copy and `docs/crd-reference.md` from
+//! the Rust types:
 //! `cargo run -p sluice-crds --bin crdgen`.
 
 fn main() -> std::io::Result<()> {

@@ -1,5 +1,6 @@
 //! Support code shared by Sluice's integration and end-to-end tests.
 
 pub mod controlplane;
+pub mod private_db;
 pub mod runtime;
 pub mod services;

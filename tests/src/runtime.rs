@@ -128,19 +128,25 @@ fn with_database(url: &str, database: &str) -> String {
     format!("{server}/{database}")
 }
 
-/// Creates a fixture on `engine` and serves it. Panics (failing the test) when the database is
-/// unreachable: the suite never skips.
+/// Creates a fixture on `engine` (on the shared test server) and serves it. Panics (failing
+/// the test) when the database is unreachable: the suite never skips.
 pub async fn start(engine: Engine) -> TestApi {
-    start_with(engine, |url| url.to_owned()).await
+    let server_url = match engine {
+        Engine::Postgres => postgres_url(),
+        Engine::Mysql => mysql_url(),
+        Engine::Sqlite => String::new(),
+    };
+    start_on(engine, &server_url).await
 }
 
-/// Like [`start`], but the runtime connects through `route(url)` (e.g. a proxy).
-pub async fn start_with(engine: Engine, route: impl Fn(&str) -> String) -> TestApi {
+/// Like [`start`], on the PostgreSQL or MariaDB server at `server_url` (e.g. a
+/// [`crate::private_db::PrivateDb`] that the test stops and starts); ignored for SQLite.
+pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
     let name = unique_name();
     let fixture = fixture_sql(engine);
     let (config, url, cleanup) = match engine {
         Engine::Postgres => {
-            let url = postgres_url();
+            let url = server_url.to_owned();
             let admin = Database::connect(engine, &url, &Default::default()).expect("PostgreSQL URL parses");
             let script = format!("CREATE SCHEMA {name}; SET search_path TO {name}; {fixture}");
             admin
@@ -154,7 +160,7 @@ pub async fn start_with(engine: Engine, route: impl Fn(&str) -> String) -> TestA
             )
         }
         Engine::Mysql => {
-            let url = mysql_url();
+            let url = server_url.to_owned();
             let admin = Database::connect(engine, &url, &Default::default()).expect("MySQL URL parses");
             admin
                 .run_script(&format!("CREATE DATABASE {name}"))
@@ -184,7 +190,7 @@ pub async fn start_with(engine: Engine, route: impl Fn(&str) -> String) -> TestA
             (manifest(engine, None, Some(&path_text)), url, Cleanup::Sqlite { path })
         }
     };
-    let database = Database::connect(engine, &route(&url), &config.database.pool).expect("database URL parses");
+    let database = Database::connect(engine, &url, &config.database.pool).expect("database URL parses");
     let app = sluice_runtime::build_app(config, database);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
     let address = listener.local_addr().expect("local address");
@@ -205,15 +211,19 @@ pub async fn start_with(engine: Engine, route: impl Fn(&str) -> String) -> TestA
 }
 
 impl TestApi {
-    /// Waits until `/readyz` answers 200.
+    /// Waits until `/readyz` answers 200, for at most 10 s in all.
     pub async fn wait_ready(&self) {
-        for _ in 0..100 {
-            if self.get("/readyz").await.status == 200 {
-                return;
+        let ready = async {
+            while self.get("/readyz").await.status != 200 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(10), ready)
+            .await
+            .is_err()
+        {
+            panic!("{:?}: the runtime did not become ready within 10 s", self.engine);
         }
-        panic!("{:?}: the runtime did not become ready within 10 s", self.engine);
     }
 
     /// `GET path` (no base path added).
@@ -353,64 +363,5 @@ pub fn same_json(actual: &Value, expected: &Value) -> bool {
             a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same_json(v, w)))
         }
         _ => actual == expected,
-    }
-}
-
-/// A TCP forwarder standing between the runtime and a database, so a test can take the
-/// database away and bring it back without touching the shared server.
-pub struct Proxy {
-    /// Where the runtime should connect.
-    pub address: SocketAddr,
-    target: SocketAddr,
-    accept: Option<tokio::task::JoinHandle<()>>,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    /// Starts forwarding a new local port to `target`.
-    pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy port");
-        let address = listener.local_addr().expect("proxy address");
-        let mut proxy = Proxy {
-            address,
-            target,
-            accept: None,
-            connections: Default::default(),
-        };
-        proxy.open(listener);
-        proxy
-    }
-
-    fn open(&mut self, listener: TcpListener) {
-        let target = self.target;
-        let connections = self.connections.clone();
-        self.accept = Some(tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                if let Ok(mut list) = connections.lock() {
-                    list.push(task);
-                }
-            }
-        }));
-    }
-
-    /// Refuses new connections and cuts open ones: the database is gone.
-    pub fn stop(&mut self) {
-        if let Some(accept) = self.accept.take() {
-            accept.abort();
-        }
-        if let Ok(mut list) = self.connections.lock() {
-            list.drain(..).for_each(|task| task.abort());
-        }
-    }
-
-    /// Accepts connections again on the same port.
-    pub async fn resume(&mut self) {
-        let listener = TcpListener::bind(self.address).await.expect("rebind proxy port");
-        self.open(listener);
     }
 }

@@ -1,8 +1,11 @@
 //! One table of REST cases, and one of bad input, run against PostgreSQL, MariaDB and SQLite.
 
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 use sluice_crds::dataapi::Engine;
-use sluice_tests::runtime::{Proxy, Reply, TestApi, request, same_json, start, start_with};
+use sluice_tests::private_db::PrivateDb;
+use sluice_tests::runtime::{Reply, TestApi, request, same_json, start, start_on};
 
 const REPRESENTATION: (&str, &str) = ("Prefer", "return=representation");
 
@@ -774,46 +777,69 @@ async fn bad_input_is_refused_on_sqlite() {
     bad_input_is_refused(Engine::Sqlite).await;
 }
 
-async fn outage_is_survived(engine: Engine) {
-    let url = match engine {
-        Engine::Postgres => sluice_tests::services::postgres_url(),
-        _ => sluice_tests::services::mysql_url(),
-    };
-    let port: u16 = url
-        .rsplit_once(':')
-        .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
-        .expect("URL has a port");
-    let mut proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
-    let proxied = format!(":{}/", proxy.address.port());
-    let api = start_with(engine, |url| url.replacen(&format!(":{port}/"), &proxied, 1)).await;
-    assert_eq!(api.call("GET", "/customers/1?select=id", &[], None).await.status, 200);
+/// Bounds one wait of the outage tests: a hang fails the test, naming what it waited for.
+async fn within<T>(seconds: u64, what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(seconds), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {seconds} s"))
+}
 
-    proxy.stop();
-    let down = api.call("GET", "/customers/1?select=id", &[], None).await;
+/// Stops a real database server under a running runtime and starts it again: requests and
+/// `/readyz` get 503 while it is down, and both recover by themselves once it is back.
+async fn database_stopped_mid_run(engine: Engine) {
+    const ROW: &str = "/customers/1?select=id";
+    let mut server = PrivateDb::new(engine);
+    let api = start_on(engine, &server.url()).await;
+    let up = within(10, "a request with the database up", api.call("GET", ROW, &[], None)).await;
+    assert_eq!(up.status, 200, "{engine:?}: {}", up.body);
+    assert_eq!(up.json(), json!({"id": 1}), "{engine:?}");
+
+    server.stop();
+    let down = within(
+        10,
+        "a request with the database stopped",
+        api.call("GET", ROW, &[], None),
+    )
+    .await;
     assert_eq!(down.status, 503, "{engine:?}: {}", down.body);
-    assert_eq!(down.json()["code"], "unavailable");
-    assert!(down.header("retry-after").is_some(), "{engine:?}: no Retry-After");
+    assert_eq!(down.json()["code"], "unavailable", "{engine:?}: {}", down.body);
+    assert!(
+        down.header("retry-after").is_some(),
+        "{engine:?}: 503 without Retry-After"
+    );
+    let readiness = within(10, "/readyz with the database stopped", api.get("/readyz")).await;
     assert_eq!(
-        api.get("/readyz").await.status,
-        503,
-        "{engine:?}: still ready with the database gone"
+        (readiness.status, readiness.json()["database"].clone()),
+        (503, json!(false)),
+        "{engine:?}: /readyz with the database stopped: {}",
+        readiness.body
     );
 
-    proxy.resume().await;
-    api.wait_ready().await;
-    let back = api.call("GET", "/customers/1?select=id", &[], None).await;
-    assert_eq!(back.status, 200, "{engine:?}: {}", back.body);
-    api.cleanup().await;
+    server.start();
+    let restarted_at = Instant::now();
+    let recovered = async {
+        loop {
+            let (ready, reply) = (api.get("/readyz").await, api.call("GET", ROW, &[], None).await);
+            if ready.status == 200 && reply.status == 200 {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let back = within(20, "recovery once the database is back", recovered).await;
+    assert_eq!(back.json(), json!({"id": 1}), "{engine:?}");
+    eprintln!("{engine:?}: recovered {:?} after the restart", restarted_at.elapsed());
+    // The fixture goes with the private server when `server` is dropped.
 }
 
 #[tokio::test]
-async fn postgres_outage_gives_503_and_recovers() {
-    outage_is_survived(Engine::Postgres).await;
+async fn postgres_stopped_mid_run_gives_503_and_recovers() {
+    database_stopped_mid_run(Engine::Postgres).await;
 }
 
 #[tokio::test]
-async fn mariadb_outage_gives_503_and_recovers() {
-    outage_is_survived(Engine::Mysql).await;
+async fn mariadb_stopped_mid_run_gives_503_and_recovers() {
+    database_stopped_mid_run(Engine::Mysql).await;
 }
 
 #[tokio::test]

@@ -233,6 +233,13 @@ impl ApiError {
 }
 
 fn classify_sqlstate(code: &str, message: &str) -> ApiError {
+    // The server is going away or refusing connections: class 08 (connection exception, also
+    // MySQL's 08S01 for a shutdown), 57P01-57P03 (PostgreSQL admin/crash shutdown, cannot connect
+    // now) and 53300 (too many connections). The client should retry, not see an internal error.
+    if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300") {
+        tracing::warn!(sqlstate = %code, "database unavailable");
+        return ApiError::Unavailable;
+    }
     // PostgreSQL and MySQL share SQLSTATE class 22 for data exceptions (bad value, out of range).
     if code.starts_with("22") || message.contains("datatype mismatch") {
         return ApiError::InvalidValue("a value does not fit its column");
@@ -264,5 +271,20 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdowns_and_connection_failures_are_unavailable() {
+        for code in ["57P01", "57P02", "57P03", "53300", "08006", "08S01", "08004"] {
+            assert!(matches!(classify_sqlstate(code, ""), ApiError::Unavailable), "{code}");
+        }
+        assert!(matches!(classify_sqlstate("57014", ""), ApiError::StatementTimeout));
+        assert!(matches!(classify_sqlstate("22P02", ""), ApiError::InvalidValue(_)));
+        assert!(matches!(classify_sqlstate("42P01", ""), ApiError::Internal));
     }
 }

@@ -17,6 +17,7 @@ use tracing::{info, instrument, warn};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Doing, Error};
 use crate::keys::{KEY_DATA_KEY, generate_key, key_secret, secret_value};
+use crate::metrics::ControllerKind;
 use crate::status::{self, Decided, reason};
 
 /// Label on generated key Secrets naming their role, used to find keys to revoke.
@@ -27,6 +28,7 @@ pub const KEY_LABEL: &str = "sluice.dev/api-key";
 /// Reconciles one ApiRole.
 #[instrument(skip_all, fields(apirole = %role.name_any(), namespace = role.namespace().unwrap_or_default()))]
 pub async fn reconcile(role: Arc<ApiRole>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started(ControllerKind::ApiRole);
     let namespace = role.namespace().unwrap_or_default();
     let role_name = role.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -219,6 +221,7 @@ async fn revoke_removed_keys(secrets: &Api<Secret>, role: &ApiRole, namespace: &
 
 /// Logs the failure and retries `role` with exponential backoff.
 pub fn error_policy(role: Arc<ApiRole>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(ControllerKind::ApiRole, error);
     let delay = ctx.backoff(&failure_key(&role));
     warn!(apirole = %role.name_any(), %error, kind = error.metric_label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

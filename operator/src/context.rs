@@ -1,14 +1,16 @@
 //! State shared by every reconcile: the client, settings, the ApiRole cache, the event
-//! recorder and per-object failure counts for backoff.
+//! recorder, metrics and per-object failure counts for backoff.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use sluice_crds::{ApiRole, DataApi};
+
+use crate::metrics::Metrics;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "sluice-operator";
@@ -34,12 +36,20 @@ pub struct Context {
     pub data_apis: Store<DataApi>,
     /// Publishes Kubernetes events.
     pub recorder: Recorder,
+    /// Reconcile counts, failures and durations.
+    pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// A context for controllers sharing `roles` and `data_apis`.
-    pub fn new(client: Client, settings: Settings, roles: Store<ApiRole>, data_apis: Store<DataApi>) -> Self {
+    /// A context for controllers sharing `roles` and `data_apis`, recording into `metrics`.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        roles: Store<ApiRole>,
+        data_apis: Store<DataApi>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -53,6 +63,7 @@ impl Context {
             roles,
             data_apis,
             recorder,
+            metrics,
             failures: Mutex::default(),
         }
     }

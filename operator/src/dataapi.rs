@@ -22,6 +22,7 @@ use tracing::{info, instrument, warn};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Doing, Error};
 use crate::keys::{KEY_DATA_KEY, secret_value};
+use crate::metrics::ControllerKind;
 use crate::resources::{self, ChildNames, PodInputs, RESTART_HASH_ANNOTATION};
 use crate::status::{self, Decided, Rollout, reason};
 
@@ -53,6 +54,7 @@ struct Plan {
 /// Reconciles one DataApi.
 #[instrument(skip_all, fields(dataapi = %api.name_any(), namespace = api.namespace().unwrap_or_default()))]
 pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started(ControllerKind::DataApi);
     let namespace = api.namespace().unwrap_or_default();
     let planned = plan(&api, &ctx, &namespace).await?;
     let previous = api.status.clone().unwrap_or_default();
@@ -379,6 +381,7 @@ where
 
 /// Logs the failure and retries `api` with exponential backoff.
 pub fn error_policy(api: Arc<DataApi>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(ControllerKind::DataApi, error);
     let delay = ctx.backoff(&failure_key(&api));
     warn!(dataapi = %api.name_any(), %error, kind = error.metric_label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

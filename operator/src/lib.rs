@@ -4,12 +4,15 @@
 //! - [`dataapi`]: dereference → resolve → apply children → status.
 //! - [`apirole`]: generate and revoke API keys, report bindings.
 //! - [`resources`]: the children as pure values; [`status`]: condition logic; [`keys`]: key material.
+//! - [`leader`]: leader election on a Lease; [`metrics`]: Prometheus metrics and health endpoints.
 
 pub mod apirole;
 pub mod context;
 pub mod dataapi;
 pub mod error;
 pub mod keys;
+pub mod leader;
+pub mod metrics;
 pub mod resources;
 pub mod status;
 
@@ -28,6 +31,7 @@ use sluice_crds::{ApiRole, DataApi};
 use tracing::info;
 
 pub use context::{Context, Settings};
+pub use metrics::Metrics;
 
 /// Label every child the operator applies carries; the child watches select on it.
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=sluice-operator";
@@ -107,8 +111,15 @@ fn role_uses_secret(role: &ApiRole, secret: &str) -> bool {
     })
 }
 
-/// Runs both controllers for `namespace` (or every namespace) until a shutdown signal.
+/// Runs both controllers for `namespace` (or every namespace) until a shutdown signal, with
+/// metrics that nobody serves: for tests and embedders.
 pub async fn run(client: Client, settings: Settings, namespace: Option<String>) {
+    run_with_metrics(client, settings, namespace, Arc::default()).await;
+}
+
+/// Runs both controllers for `namespace` (or every namespace) until a shutdown signal,
+/// recording reconciles into `metrics`.
+pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Option<String>, metrics: Arc<Metrics>) {
     let namespace = namespace.as_deref();
     let config = watcher::Config::default().any_semantic();
     let children = watcher::Config::default().labels(MANAGED_BY).any_semantic();
@@ -128,6 +139,7 @@ pub async fn run(client: Client, settings: Settings, namespace: Option<String>) 
         settings,
         role_cache.clone(),
         data_api_cache.clone(),
+        metrics,
     ));
 
     let (apis_for_secrets, roles_for_secrets) = (data_api_cache.clone(), role_cache.clone());

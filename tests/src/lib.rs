@@ -1,6 +1,7 @@
 //! Support code shared by Sluice's integration and end-to-end tests.
 
 pub mod controlplane;
+pub mod crds;
 pub mod private_db;
 pub mod runtime;
 pub mod services;

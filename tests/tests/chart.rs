@@ -108,7 +108,11 @@ fn watched_namespaces_get_roles_and_no_cluster_role() {
         .map(|r| r["metadata"]["namespace"].as_str().unwrap())
         .collect();
     role_namespaces.sort();
-    assert_eq!(role_namespaces, ["team-a", "team-b"], "a Role per watched namespace");
+    assert_eq!(
+        role_namespaces,
+        ["sluice-system", "team-a", "team-b"],
+        "a Role per watched namespace, and the Lease's"
+    );
     let deployment = of_kind(&objects, "Deployment")[0];
     let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -175,12 +179,14 @@ async fn the_operator_may_do_what_it_uses_and_nothing_more() {
         ("create", "secrets", Some(&watched), true),
         ("delete", "poddisruptionbudgets.policy", Some(&watched), true),
         ("create", "events.events.k8s.io", Some(&watched), true),
+        ("patch", "leases.coordination.k8s.io", Some(&release_namespace), true),
         ("get", "secrets", Some(&unwatched), false),
         ("list", "dataapis.sluice.dev", Some(&unwatched), false),
         ("update", "dataapis.sluice.dev", Some(&watched), false),
         ("delete", "dataapis.sluice.dev", Some(&watched), false),
         ("delete", "deployments.apps", Some(&watched), false),
-        ("update", "leases.coordination.k8s.io", Some(&watched), false),
+        ("patch", "leases.coordination.k8s.io", Some(&watched), false),
+        ("delete", "leases.coordination.k8s.io", Some(&release_namespace), false),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", None, false),
         ("create", "customresourcedefinitions.apiextensions.k8s.io", None, false),
         ("get", "nodes", None, false),

@@ -5,27 +5,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use sluice_tests::controlplane::ControlPlane;
-
-fn install_crds() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let cp = ControlPlane::shared();
-        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
-        run_ok(cp.kubectl().args(["apply", "--server-side", "-f", crds]));
-        run_ok(cp.kubectl().args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/dataapis.sluice.dev",
-            "crd/apiroles.sluice.dev",
-        ]));
-    });
-}
+use sluice_tests::crds::install_crds;
 
 fn run_ok(command: &mut Command) -> String {
     let output = command.output().expect("kubectl runs");

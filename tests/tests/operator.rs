@@ -2,7 +2,6 @@
 //! its own namespace, and checks what lands in the cluster.
 
 use std::future::Future;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -17,42 +16,9 @@ use sluice_operator::keys::{KEY_DATA_KEY, KEY_PREFIX, secret_value};
 use sluice_operator::resources::RESTART_HASH_ANNOTATION;
 use sluice_operator::{Settings, status};
 use sluice_tests::controlplane::ControlPlane;
+use sluice_tests::crds::install_crds;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn install_crds() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let cp = ControlPlane::shared();
-        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
-        let output = cp
-            .kubectl()
-            .args(["apply", "--server-side", "-f", crds])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "kubectl apply crds: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let output = cp
-            .kubectl()
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/dataapis.sluice.dev",
-                "crd/apiroles.sluice.dev",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "CRDs not established: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    });
-}
 
 /// A test namespace with the operator running for it; the operator stops with the test.
 struct Harness {

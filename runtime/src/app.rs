@@ -12,6 +12,8 @@ use axum::routing::get;
 use sluice_crds::RuntimeConfig;
 use tracing::Instrument;
 
+use crate::auth::Caller;
+use crate::authz::Policy;
 use crate::db::Database;
 use crate::error::ApiError;
 use crate::introspect::introspect;
@@ -25,6 +27,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct AppState {
     /// The resolved configuration.
     pub config: RuntimeConfig,
+    /// The config's roles, compiled.
+    pub policy: Policy,
     /// The database.
     pub database: Database,
     schema: RwLock<Option<Arc<Schema>>>,
@@ -67,6 +71,7 @@ pub struct App {
 /// `/healthz` at once and reports ready once the schema is loaded.
 pub fn build_app(config: RuntimeConfig, database: Database) -> App {
     let state = Arc::new(AppState {
+        policy: Policy::compile(&config.roles),
         config,
         database,
         schema: RwLock::new(None),
@@ -177,12 +182,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     (status, body).into_response()
 }
 
-async fn openapi_document(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+/// The OpenAPI document as the caller's role sees the API.
+async fn openapi_document(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    Ok(axum::Json(openapi::document(&state.config, &schema)).into_response())
+    let document = openapi::document(&state.config, &schema, &state.policy.access(&caller));
+    Ok(axum::Json(document).into_response())
 }
 
-async fn docs_page(State(state): State<Arc<AppState>>) -> Result<Html<String>, ApiError> {
+/// The docs page as the caller's role sees the API.
+async fn docs_page(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Html<String>, ApiError> {
     let schema = state.schema()?;
-    Ok(Html(docs::render(&openapi::document(&state.config, &schema))))
+    let document = openapi::document(&state.config, &schema, &state.policy.access(&caller));
+    Ok(Html(docs::render(&document)))
 }

@@ -70,6 +70,24 @@ pub enum ApiError {
         /// Why.
         reason: &'static str,
     },
+    /// The request carries no credentials the API accepts.
+    #[error("{reason}")]
+    Unauthenticated {
+        /// What was wrong with the credentials, or that there were none.
+        reason: &'static str,
+        /// The `WWW-Authenticate` challenge naming the accepted schemes.
+        challenge: String,
+    },
+    /// The caller's role may see the table but not use this verb on it.
+    #[error("role \"{role}\" may not {verb} on table \"{table}\"")]
+    Forbidden {
+        /// The caller's role.
+        role: String,
+        /// The verb no rule of the role grants on the table (`read`, `create`, `update`, `delete`).
+        verb: &'static str,
+        /// The table.
+        table: String,
+    },
     /// No route matches the path.
     #[error("no endpoint at {path}")]
     NoSuchEndpoint {
@@ -165,6 +183,8 @@ impl ApiError {
             | Self::FilterRequired { .. }
             | Self::InvalidValue(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::StatementTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -184,6 +204,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::FilterRequired { .. } => "filter_required",
             Self::ReadOnly { .. } => "read_only",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::Forbidden { .. } => "forbidden",
             Self::RowNotFound { .. } => "not_found",
             Self::NoSuchEndpoint { .. } => "no_such_endpoint",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -207,6 +229,12 @@ impl ApiError {
             Self::BadQuery { hint, .. } => hint.clone(),
             Self::InvalidBody(_) => Some("send a JSON object, or an array of objects with the same keys".into()),
             Self::PayloadTooLarge { .. } => Some("send fewer rows per request".into()),
+            Self::Unauthenticated { challenge, .. } => Some(format!(
+                "authenticate as the WWW-Authenticate header says ({challenge}); ask the operator of this API for a key"
+            )),
+            Self::Forbidden { .. } => {
+                Some("ask the operator of this API for a role whose rules grant this verb on this table".into())
+            }
             Self::FilterRequired { .. } => Some(
                 "add a filter such as ?id=eq.1; to change every row, filter on a column that matches all of them"
                     .into(),
@@ -227,6 +255,7 @@ impl ApiError {
     fn details(&self) -> Option<String> {
         match self {
             Self::ReadOnly { reason, .. } => Some((*reason).to_owned()),
+            Self::Forbidden { verb, .. } => Some(format!("no rule of the role grants {verb} on this table")),
             _ => None,
         }
     }
@@ -258,6 +287,10 @@ fn classify_sqlstate(code: &str, message: &str) -> ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let challenge = match &self {
+            Self::Unauthenticated { challenge, .. } => HeaderValue::from_str(challenge).ok(),
+            _ => None,
+        };
         let body = json!({
             "code": self.code(),
             "message": self.to_string(),
@@ -269,6 +302,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

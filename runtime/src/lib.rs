@@ -1,9 +1,10 @@
 //! `sluice-runtime`: serves one DataApi's database as a documented REST API.
 //!
-//! A request flows parse ([`query`]) → plan ([`plan`], checked against the introspected
-//! [`schema`]) → execute ([`execute`], SQL from [`sql`], run on [`db`]) → respond ([`rest`]).
-//! The [`plan::Plan`] names table, verb, columns and filters: authorisation and audit attach
-//! to [`rest`]'s single `handle` step without touching the handlers.
+//! A request flows authenticate ([`auth`]) → parse ([`query`]) → plan ([`plan`], checked
+//! against the caller's role's view of the introspected [`schema`]) → authorise ([`authz`],
+//! in [`rest`]'s single `handle` step) → execute ([`execute`], SQL from [`sql`], run on [`db`])
+//! → respond ([`rest`]). The [`plan::Plan`] names table, verb, columns and filters, so audit
+//! attaches to the same `handle` step without touching the handlers.
 //!
 //! # Values on the wire
 //! - The database renders every row as one JSON text (`json_build_object`, `JSON_OBJECT`,
@@ -20,6 +21,8 @@
 //!   order so offset paging is stable.
 
 pub mod app;
+pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod db;
 pub mod docs;

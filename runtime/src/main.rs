@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use sluice_runtime::auth::Caller;
 use sluice_runtime::config::{self, DatabaseLocation, Loaded};
 use sluice_runtime::db::Database;
 use sluice_runtime::{app, build_app, server};
@@ -90,8 +91,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     let app = build_app(loaded.config.clone(), database);
-    let example_table = first_table(&app).await;
-    print_banner(&loaded, address, example_table.as_deref());
+    let examples = examples(&app, &loaded).await;
+    print_banner(&loaded, address, &examples);
     server::serve(listener, app.router, server::shutdown_signal())
         .await
         .map_err(|error| format!("server failed: {error}"))
@@ -130,49 +131,86 @@ async fn open_database(loaded: &Loaded, seed_sql: Option<&std::path::Path>) -> R
     }
 }
 
-/// A table for the example request, once the schema is loaded: preferably one the anonymous
-/// role may read (so the example keeps working when requests are authorised), else the first.
-async fn first_table(app: &sluice_runtime::App) -> Option<String> {
-    let config = &app.state.config;
-    let anonymous_tables: Vec<&String> = config
-        .auth
-        .anonymous_role
-        .as_ref()
-        .and_then(|role| config.roles.get(role))
-        .into_iter()
-        .flat_map(|role| &role.rules)
-        .filter(|rule| rule.verbs.contains(&sluice_crds::apirole::Verb::Read))
-        .flat_map(|rule| &rule.tables)
-        .collect();
+/// What the banner's example requests read: a table the anonymous role may read, and for the
+/// first generated key, a table its role may read (preferably one the anonymous role cannot).
+#[derive(Debug, Default)]
+struct Examples {
+    anonymous_table: Option<String>,
+    keyed: Option<KeyedExample>,
+}
+
+#[derive(Debug)]
+struct KeyedExample {
+    role: String,
+    key: String,
+    table: String,
+}
+
+/// Waits (up to 5 s) for the schema, then picks the example tables through the roles' views.
+async fn examples(app: &sluice_runtime::App, loaded: &Loaded) -> Examples {
+    let state = &app.state;
+    let mut schema = None;
     for _ in 0..50 {
-        if let Ok(schema) = app.state.schema() {
-            let readable = anonymous_tables
-                .iter()
-                .find(|table| schema.tables.contains_key(table.as_str()));
-            return readable
-                .map(|table| table.to_string())
-                .or_else(|| schema.tables.keys().next().cloned());
+        if let Ok(loaded_schema) = state.schema() {
+            schema = Some(loaded_schema);
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    None
+    let Some(schema) = schema else {
+        return Examples::default();
+    };
+    let readable = |role: &str| -> Vec<String> {
+        let caller = Caller {
+            id: role.to_owned(),
+            role: role.to_owned(),
+            claims: Default::default(),
+        };
+        state.policy.access(&caller).view(&schema).tables.into_keys().collect()
+    };
+    let anonymous: Vec<String> = state
+        .config
+        .auth
+        .anonymous_role
+        .as_deref()
+        .map(readable)
+        .unwrap_or_default();
+    let keyed = loaded.generated_keys.first().and_then(|(id, key)| {
+        let role = id.split('/').next().unwrap_or_default().to_owned();
+        let tables = readable(&role);
+        let table = tables
+            .iter()
+            .find(|table| !anonymous.contains(table))
+            .or_else(|| tables.first())?
+            .clone();
+        Some(KeyedExample {
+            role,
+            key: key.clone(),
+            table,
+        })
+    });
+    Examples {
+        anonymous_table: anonymous.into_iter().next(),
+        keyed,
+    }
 }
 
-fn print_banner(loaded: &Loaded, address: SocketAddr, example_table: Option<&str>) {
+fn print_banner(loaded: &Loaded, address: SocketAddr, examples: &Examples) {
     let host = if address.ip().is_unspecified() {
         format!("127.0.0.1:{}", address.port())
     } else {
         address.to_string()
     };
-    let base = app::base_path(&loaded.config);
+    let config = &loaded.config;
+    let base = app::base_path(config);
     let root = format!("http://{host}{base}");
     println!(
         "Sluice is serving DataApi {} ({})",
-        loaded.config.data_api,
-        loaded.config.database.engine.as_str()
+        config.data_api,
+        config.database.engine.as_str()
     );
     println!("  REST     {root}/<table>");
-    println!("  OpenAPI  {root}/openapi.json");
+    println!("  OpenAPI  {root}/openapi.json   (each role sees only what it may use)");
     println!("  Docs     {root}/docs");
     println!("  Health   http://{host}/healthz, http://{host}/readyz");
     if !loaded.generated_keys.is_empty() {
@@ -182,8 +220,18 @@ fn print_banner(loaded: &Loaded, address: SocketAddr, example_table: Option<&str
         }
     }
     println!("Try:");
-    match example_table {
-        Some(table) => println!("  curl '{root}/{table}?limit=3'"),
-        None => println!("  curl '{root}/openapi.json'   (the schema is still loading; see the log)"),
+    if let (Some(role), Some(table)) = (&config.auth.anonymous_role, &examples.anonymous_table) {
+        println!("  curl '{root}/{table}?limit=3'   # no key: anonymous, as role {role}");
+    }
+    if let Some(example) = &examples.keyed {
+        println!(
+            "  curl -H '{}: {}' '{root}/{}?limit=3'   # as role {}",
+            config.auth.api_key_header, example.key, example.table, example.role
+        );
+    }
+    if examples.anonymous_table.is_none() && examples.keyed.is_none() {
+        println!(
+            "  curl '{root}/openapi.json'   (no example table: the schema is still loading, or no role may read a table; see the log)"
+        );
     }
 }

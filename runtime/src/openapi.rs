@@ -1,8 +1,11 @@
-//! The OpenAPI 3.1 document describing every exposed table, built from the live schema.
+//! The OpenAPI 3.1 document describing the API as one role sees it, built from the live schema:
+//! only the tables it may read, the columns it may see, and the operations it may call.
 
 use serde_json::{Value, json};
 use sluice_crds::RuntimeConfig;
+use sluice_crds::apirole::Verb;
 
+use crate::authz::Access;
 use crate::schema::{Column, RelationKind, Schema, Table, ValueKind};
 
 fn value_schema(column: &Column) -> Value {
@@ -90,7 +93,15 @@ fn common_parameter(name: &str) -> Value {
     json!({ "$ref": format!("#/components/parameters/{name}") })
 }
 
-fn table_paths(table: &Table, max_page_size: u32, writable: bool) -> (Value, Option<Value>) {
+/// The writes a role may make on a table, each offered only when allowed.
+#[derive(Clone, Copy, Debug)]
+struct Writes {
+    create: bool,
+    update: bool,
+    delete: bool,
+}
+
+fn table_paths(table: &Table, max_page_size: u32, writes: Writes) -> (Value, Option<Value>) {
     let name = &table.name;
     let tag = json!([name]);
     let mut read_parameters = vec![
@@ -126,7 +137,7 @@ fn table_paths(table: &Table, max_page_size: u32, writable: bool) -> (Value, Opt
             }
         }
     });
-    if writable {
+    if writes.create {
         collection["post"] = json!({
             "tags": tag, "operationId": format!("create_{name}"), "summary": format!("Insert rows into {name}"),
             "parameters": [common_parameter("prefer"), common_parameter("select"), common_parameter("on_conflict"), common_parameter("columns")],
@@ -136,12 +147,16 @@ fn table_paths(table: &Table, max_page_size: u32, writable: bool) -> (Value, Opt
                 "400": error_response("Invalid row"), "409": error_response("Conflicting row"), "413": error_response("Body too large")
             }
         });
+    }
+    if writes.update {
         collection["patch"] = json!({
             "tags": tag, "operationId": format!("update_{name}"), "summary": format!("Update the rows of {name} matching the filters (at least one filter is required)"),
             "parameters": filter_only,
             "requestBody": body("The columns to change"),
             "responses": { "200": rows_response(name, "Updated rows (Prefer: return=representation)"), "204": { "description": "Updated" }, "400": error_response("Invalid request or no filter") }
         });
+    }
+    if writes.delete {
         collection["delete"] = json!({
             "tags": tag, "operationId": format!("delete_{name}"), "summary": format!("Delete the rows of {name} matching the filters (at least one filter is required)"),
             "parameters": filter_only,
@@ -165,18 +180,22 @@ fn table_paths(table: &Table, max_page_size: u32, writable: bool) -> (Value, Opt
             "responses": { "200": one_row, "404": error_response("No such row") }
         }
     });
-    if writable {
-        let single_body = json!({ "required": true, "content": { "application/json": { "schema": row_ref } } });
+    let single_body = json!({ "required": true, "content": { "application/json": { "schema": row_ref } } });
+    if writes.update {
         item["patch"] = json!({
             "tags": tag, "operationId": format!("update_{name}_by_key"), "summary": format!("Update one row of {name}"),
             "parameters": [key_parameter, common_parameter("prefer"), common_parameter("select")], "requestBody": single_body,
             "responses": { "200": one_row, "204": { "description": "Updated" }, "404": error_response("No such row") }
         });
+    }
+    if writes.create && writes.update {
         item["put"] = json!({
             "tags": tag, "operationId": format!("replace_{name}_by_key"), "summary": format!("Create or replace one row of {name}"),
             "parameters": [key_parameter, common_parameter("prefer"), common_parameter("select")], "requestBody": single_body,
             "responses": { "200": one_row, "204": { "description": "Written" }, "400": error_response("Invalid row") }
         });
+    }
+    if writes.delete {
         item["delete"] = json!({
             "tags": tag, "operationId": format!("delete_{name}_by_key"), "summary": format!("Delete one row of {name}"),
             "parameters": [key_parameter, common_parameter("prefer"), common_parameter("select")],
@@ -186,14 +205,20 @@ fn table_paths(table: &Table, max_page_size: u32, writable: bool) -> (Value, Opt
     (collection, Some(item))
 }
 
-/// The OpenAPI 3.1 document for `schema` as served under `config`.
-pub fn document(config: &RuntimeConfig, schema: &Schema) -> Value {
+/// The OpenAPI 3.1 document for `schema` as served under `config` to a caller with `access`.
+pub fn document(config: &RuntimeConfig, schema: &Schema, access: &Access<'_>) -> Value {
     let base = crate::app::base_path(config);
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
-    let writable_api = !config.database.read_only;
-    for table in schema.tables.values() {
-        let (collection, item) = table_paths(table, config.rest.max_page_size, writable_api && table.updatable);
+    let view = access.view(schema);
+    for table in view.tables.values() {
+        let writable = !config.database.read_only && table.updatable;
+        let writes = Writes {
+            create: writable && access.may(&table.name, Verb::Create),
+            update: writable && access.may(&table.name, Verb::Update),
+            delete: writable && access.may(&table.name, Verb::Delete),
+        };
+        let (collection, item) = table_paths(table, config.rest.max_page_size, writes);
         paths.insert(format!("/{}", table.name), collection);
         if let Some(item) = item {
             paths.insert(format!("/{}/{{key}}", table.name), item);

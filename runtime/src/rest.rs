@@ -1,5 +1,6 @@
-//! REST handlers. Each one reads the request, builds a checked [`Plan`], runs it through
-//! [`handle`] and shapes the response; nothing here writes SQL.
+//! REST handlers. Each one authenticates the caller, reads the request, builds a checked
+//! [`Plan`] against the caller's view of the schema ([`Access::view`]), runs it through
+//! [`handle`] and shapes the response; nothing here writes SQL or decides access.
 
 use std::sync::Arc;
 
@@ -8,7 +9,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use sluice_crds::apirole::Verb;
+
 use crate::app::AppState;
+use crate::auth::Caller;
+use crate::authz::Access;
 use crate::error::ApiError;
 use crate::execute::{Outcome, execute};
 use crate::plan::{self, Action, Field, Paging, Plan, Upsert};
@@ -89,11 +94,27 @@ fn paging(state: &AppState) -> Paging {
     }
 }
 
-/// The single step every request passes through once planned. Authorisation (before
-/// `execute`) and audit (after it) belong here, so handlers never change when they arrive.
-async fn handle(state: &AppState, schema: &Schema, plan: &Plan, count: bool) -> Result<Outcome, ApiError> {
-    tracing::debug!(table = %plan.table, verb = ?plan.verb(), read = ?plan.columns_read(), written = ?plan.columns_written(), "planned");
-    execute(&state.database, schema, plan, count).await
+/// The single step every request passes through once planned: the policy re-checks the plan
+/// and caps its rows before it runs (audit will attach after it). `schema` is the full schema:
+/// execution may use columns the role cannot see, such as a hidden primary key, internally.
+async fn handle(
+    state: &AppState,
+    schema: &Schema,
+    access: &Access<'_>,
+    mut plan: Plan,
+    count: bool,
+) -> Result<Outcome, ApiError> {
+    tracing::debug!(table = %plan.table, verb = ?plan.verb(), role = access.role(), read = ?plan.columns_read(), written = ?plan.columns_written(), "planned");
+    let decision = access.decide(&plan)?;
+    if let (Some(cap), Action::Read(read)) = (decision.max_rows, &mut plan.action) {
+        read.limit = read.limit.min(cap);
+    }
+    let mut outcome = execute(&state.database, schema, &plan, count).await?;
+    // Rows returned from writes obey the cap too, so a write cannot read more than a read.
+    if let Some(cap) = decision.max_rows {
+        outcome.rows.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+    }
+    Ok(outcome)
 }
 
 fn json_response(status: StatusCode, body: String) -> Response {
@@ -138,15 +159,18 @@ fn single_object(outcome: &Outcome) -> Result<Response, ApiError> {
 /// `GET /{table}`
 pub async fn read_rows(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(table_name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let table = plan::table(&schema, &table_name)?;
+    let access = state.policy.access(&caller);
+    let view = access.view(&schema);
+    let table = plan::table(&view, &table_name)?;
     let mut query = query_pairs(&uri)?;
     apply_range(&headers, &mut query)?;
-    let read = plan::read(&schema, table, &query, paging(&state))?;
+    let read = plan::read(&view, table, &query, paging(&state))?;
     let offset = read.offset;
     let plan = Plan {
         table: table.name.clone(),
@@ -154,7 +178,7 @@ pub async fn read_rows(
         returning: None,
     };
     let preferences = Preferences::from_headers(&headers);
-    let outcome = handle(&state, &schema, &plan, preferences.count_exact).await?;
+    let outcome = handle(&state, &schema, &access, plan, preferences.count_exact).await?;
     if wants_single(&headers) {
         return single_object(&outcome);
     }
@@ -168,13 +192,16 @@ pub async fn read_rows(
 /// `GET /{table}/{key}`
 pub async fn read_row(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path((table_name, key)): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let table = plan::table(&schema, &table_name)?;
+    let access = state.policy.access(&caller);
+    let view = access.view(&schema);
+    let table = plan::table(&view, &table_name)?;
     let query = query_pairs(&uri)?;
-    let mut read = plan::read(&schema, table, &query, paging(&state))?;
+    let mut read = plan::read(&view, table, &query, paging(&state))?;
     read.filters.extend(plan::primary_key_filters(table, &key)?);
     read.limit = 1;
     read.offset = 0;
@@ -183,7 +210,7 @@ pub async fn read_row(
         action: Action::Read(read),
         returning: None,
     };
-    let outcome = handle(&state, &schema, &plan, false).await?;
+    let outcome = handle(&state, &schema, &access, plan, false).await?;
     match outcome.rows.into_iter().next() {
         Some(row) => Ok(json_response(StatusCode::OK, row)),
         None => Err(ApiError::RowNotFound {
@@ -249,18 +276,27 @@ fn write_response(status: StatusCode, outcome: &Outcome, returned: bool, single:
 /// `POST /{table}`: insert one object or an array; upsert with `Prefer: resolution=…`.
 pub async fn create_rows(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(table_name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let table = plan::table(&schema, &table_name)?;
+    let access = state.policy.access(&caller);
+    let view = access.view(&schema);
+    let table = plan::table(&view, &table_name)?;
+    let preferences = Preferences::from_headers(&headers);
+    let verbs: &[Verb] = if preferences.merge_duplicates {
+        &[Verb::Create, Verb::Update]
+    } else {
+        &[Verb::Create]
+    };
+    let writable = access.writable(table, verbs)?;
     plan::check_writable(table, state.config.database.read_only)?;
     let query = query_pairs(&uri)?;
-    let preferences = Preferences::from_headers(&headers);
     let rows = read_body(&state, &headers, body).await?;
-    let mut insert = plan::insert(table, &rows, &query.columns)?;
+    let mut insert = plan::insert(&writable, &rows, &query.columns)?;
     for name in &query.on_conflict {
         if table.column(name).is_none() {
             return Err(ApiError::UnknownColumn {
@@ -286,27 +322,31 @@ pub async fn create_rows(
             merge: preferences.merge_duplicates,
         });
     }
-    let returning = returning(&schema, table, &query, &preferences)?;
+    let returning = returning(&view, table, &query, &preferences)?;
     let returned = returning.is_some();
     let plan = Plan {
         table: table.name.clone(),
         action: Action::Insert(insert),
         returning,
     };
-    let outcome = handle(&state, &schema, &plan, false).await?;
+    let outcome = handle(&state, &schema, &access, plan, false).await?;
     write_response(StatusCode::CREATED, &outcome, returned, wants_single(&headers))
 }
 
 /// `PATCH /{table}?filters`: updates every matching row; a filter is required.
 pub async fn update_rows(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(table_name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let table = plan::table(&schema, &table_name)?;
+    let access = state.policy.access(&caller);
+    let view = access.view(&schema);
+    let table = plan::table(&view, &table_name)?;
+    let writable = access.writable(table, &[Verb::Update])?;
     let query = query_pairs(&uri)?;
     if query.filters.is_empty() {
         return Err(ApiError::FilterRequired {
@@ -319,29 +359,33 @@ pub async fn update_rows(
     let preferences = Preferences::from_headers(&headers);
     let rows = read_body(&state, &headers, body).await?;
     let update = plan::UpdatePlan {
-        assignments: plan::assignments(table, &rows)?,
+        assignments: plan::assignments(&writable, &rows)?,
         filters,
     };
-    let returning = returning(&schema, table, &query, &preferences)?;
+    let returning = returning(&view, table, &query, &preferences)?;
     let returned = returning.is_some();
     let plan = Plan {
         table: table.name.clone(),
         action: Action::Update(update),
         returning,
     };
-    let outcome = handle(&state, &schema, &plan, false).await?;
+    let outcome = handle(&state, &schema, &access, plan, false).await?;
     write_response(StatusCode::OK, &outcome, returned, wants_single(&headers))
 }
 
 /// `DELETE /{table}?filters`: deletes every matching row; a filter is required.
 pub async fn delete_rows(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path(table_name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let table = plan::table(&schema, &table_name)?;
+    let access = state.policy.access(&caller);
+    let view = access.view(&schema);
+    let table = plan::table(&view, &table_name)?;
+    access.require(&table.name, &[Verb::Delete])?;
     let query = query_pairs(&uri)?;
     if query.filters.is_empty() {
         return Err(ApiError::FilterRequired {
@@ -352,14 +396,14 @@ pub async fn delete_rows(
     plan::check_writable(table, state.config.database.read_only)?;
     let filters = plan::filters(table, &query.filters)?;
     let preferences = Preferences::from_headers(&headers);
-    let returning = returning(&schema, table, &query, &preferences)?;
+    let returning = returning(&view, table, &query, &preferences)?;
     let returned = returning.is_some();
     let plan = Plan {
         table: table.name.clone(),
         action: Action::Delete(filters),
         returning,
     };
-    let outcome = handle(&state, &schema, &plan, false).await?;
+    let outcome = handle(&state, &schema, &access, plan, false).await?;
     write_response(StatusCode::OK, &outcome, returned, wants_single(&headers))
 }
 
@@ -379,43 +423,51 @@ fn row_response(outcome: Outcome, returned: bool, table: &Table, key: String) ->
 /// `PATCH /{table}/{key}`
 pub async fn update_row(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path((table_name, key)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let table = plan::table(&schema, &table_name)?;
+    let access = state.policy.access(&caller);
+    let view = access.view(&schema);
+    let table = plan::table(&view, &table_name)?;
+    let writable = access.writable(table, &[Verb::Update])?;
     plan::check_writable(table, state.config.database.read_only)?;
     let query = query_pairs(&uri)?;
     let filters = plan::primary_key_filters(table, &key)?;
     let preferences = Preferences::from_headers(&headers);
     let rows = read_body(&state, &headers, body).await?;
     let update = plan::UpdatePlan {
-        assignments: plan::assignments(table, &rows)?,
+        assignments: plan::assignments(&writable, &rows)?,
         filters,
     };
-    let returning = returning(&schema, table, &query, &preferences)?;
+    let returning = returning(&view, table, &query, &preferences)?;
     let returned = returning.is_some();
     let plan = Plan {
         table: table.name.clone(),
         action: Action::Update(update),
         returning,
     };
-    let outcome = handle(&state, &schema, &plan, false).await?;
+    let outcome = handle(&state, &schema, &access, plan, false).await?;
     row_response(outcome, returned, table, key)
 }
 
 /// `PUT /{table}/{key}`: creates or replaces the row with that key.
 pub async fn replace_row(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path((table_name, key)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let table = plan::table(&schema, &table_name)?;
+    let access = state.policy.access(&caller);
+    let view = access.view(&schema);
+    let table = plan::table(&view, &table_name)?;
+    let writable = access.writable(table, &[Verb::Create, Verb::Update])?;
     plan::check_writable(table, state.config.database.read_only)?;
     let query = query_pairs(&uri)?;
     // Checks the key's shape and types before the body is read.
@@ -444,19 +496,19 @@ pub async fn replace_row(
             }
         }
     }
-    let mut insert = plan::insert(table, &rows, &[])?;
+    let mut insert = plan::insert(&writable, &rows, &[])?;
     insert.upsert = Some(Upsert {
         conflict_columns: table.primary_key.clone(),
         merge: true,
     });
-    let returning = returning(&schema, table, &query, &preferences)?;
+    let returning = returning(&view, table, &query, &preferences)?;
     let returned = returning.is_some();
     let plan = Plan {
         table: table.name.clone(),
         action: Action::Insert(insert),
         returning,
     };
-    let outcome = handle(&state, &schema, &plan, false).await?;
+    let outcome = handle(&state, &schema, &access, plan, false).await?;
     match outcome.rows.into_iter().next() {
         Some(row) if returned => Ok(json_response(StatusCode::OK, row)),
         _ => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -466,23 +518,27 @@ pub async fn replace_row(
 /// `DELETE /{table}/{key}`
 pub async fn delete_row(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     Path((table_name, key)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let table = plan::table(&schema, &table_name)?;
+    let access = state.policy.access(&caller);
+    let view = access.view(&schema);
+    let table = plan::table(&view, &table_name)?;
+    access.require(&table.name, &[Verb::Delete])?;
     plan::check_writable(table, state.config.database.read_only)?;
     let query = query_pairs(&uri)?;
     let filters = plan::primary_key_filters(table, &key)?;
     let preferences = Preferences::from_headers(&headers);
-    let returning = returning(&schema, table, &query, &preferences)?;
+    let returning = returning(&view, table, &query, &preferences)?;
     let returned = returning.is_some();
     let plan = Plan {
         table: table.name.clone(),
         action: Action::Delete(filters),
         returning,
     };
-    let outcome = handle(&state, &schema, &plan, false).await?;
+    let outcome = handle(&state, &schema, &access, plan, false).await?;
     row_response(outcome, returned, table, key)
 }

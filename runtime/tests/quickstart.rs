@@ -1,5 +1,6 @@
 //! The README's first command, as a process: `sluice-runtime serve --manifests examples/quickstart`
-//! creates the sample database, prints a working curl, serves it, and stops cleanly on SIGTERM.
+//! creates the sample database, prints an admin key and a working curl with it and without it,
+//! serves it, and stops cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -7,16 +8,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn http_get(url: &str) -> (u16, String) {
+fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_once('/').expect("URL has a path");
     let mut stream = TcpStream::connect(host).expect("connect to the runtime");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set timeout");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"
     )
     .expect("send request");
     let mut response = String::new();
@@ -56,16 +61,24 @@ fn the_quickstart_serves_rows_and_stops_on_sigterm() {
         .expect("start sluice-runtime");
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut banner = Vec::new();
-    let mut example = None;
+    let (mut example, mut keyed) = (None, None);
     for line in stdout.lines() {
         let line = line.expect("read the banner");
         banner.push(line.clone());
         if let Some(command) = line.trim().strip_prefix("curl '") {
             example = command.split('\'').next().map(str::to_owned);
+        }
+        if let Some(command) = line.trim().strip_prefix("curl -H '") {
+            // curl -H 'X-API-Key: sk_…' 'http://…'
+            let parts: Vec<&str> = command.split('\'').collect();
+            keyed = Some((parts[0].to_owned(), parts[2].to_owned()));
             break;
         }
     }
-    let example = example.unwrap_or_else(|| panic!("no example curl in the banner:\n{}", banner.join("\n")));
+    let example = example.unwrap_or_else(|| panic!("no anonymous curl in the banner:\n{}", banner.join("\n")));
+    let (key_header, keyed) =
+        keyed.unwrap_or_else(|| panic!("no curl with a key in the banner:\n{}", banner.join("\n")));
+    let (header_name, key) = key_header.split_once(": ").expect("the curl names a header and a key");
     assert!(banner.iter().any(|line| line.contains("/openapi.json")), "{banner:?}");
     assert!(
         banner.iter().any(|line| line.contains(": sk_")),
@@ -76,10 +89,20 @@ fn the_quickstart_serves_rows_and_stops_on_sigterm() {
         "the sample database was not created"
     );
 
-    let (status, body) = http_get(&example);
+    let (status, body) = http_get(&example, &[]);
     assert_eq!(status, 200, "{example}: {body}");
     let rows: serde_json::Value = serde_json::from_str(&body).expect("JSON rows");
     assert_eq!(rows.as_array().map(Vec::len), Some(3), "{body}");
+
+    let (status, body) = http_get(&keyed, &[(header_name, key)]);
+    assert_eq!(status, 200, "{keyed} with the admin key: {body}");
+    let (status, body) = http_get(&keyed, &[]);
+    assert_eq!(
+        status, 404,
+        "{keyed} without a key must not exist for the anonymous role: {body}"
+    );
+    let (status, _) = http_get(&keyed, &[(header_name, "sk_not_issued")]);
+    assert_eq!(status, 401, "{keyed} with a key never issued");
 
     let terminated = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

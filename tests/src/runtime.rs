@@ -1,6 +1,11 @@
 //! Runs the Sluice runtime in-process over a fresh fixture database per test, on PostgreSQL,
 //! MariaDB and SQLite, and talks HTTP/1.1 to it over a real socket.
+//!
+//! The fixture DataApi has three roles ([`ROLES`]): `admin` (everything, with a key), `clerk`
+//! (narrowed by deny and allow lists, with a key) and the anonymous `visitor` (an allow list and
+//! `maxRows: 1`). Keys are generated per fixture; [`TestApi::call`] sends the admin's.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::Value;
@@ -50,6 +55,47 @@ INSERT INTO order_items (order_id, product, quantity) VALUES
 {engine_specific}
 ";
 
+/// The header carrying API keys in every fixture API.
+pub const API_KEY_HEADER: &str = "X-API-Key";
+
+/// The fixture's roles and their keys.
+const ROLES: &str = "
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: admin, namespace: test }
+spec:
+  dataApis: [fixture]
+  rules:
+    - tables: ['*']
+      verbs: [read, create, update, delete]
+  apiKeys: [{ name: test }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: clerk, namespace: test }
+spec:
+  dataApis: [fixture]
+  rules:
+    - tables: [customers]
+      verbs: [read, create, update]
+      fields: { deny: [email, balance] }
+    - tables: ['order*']
+      verbs: [read]
+      fields: { allow: [id, total, order_id, product, quantity] }
+  apiKeys: [{ name: desk }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: visitor, namespace: test }
+spec:
+  dataApis: [fixture]
+  rules:
+    - tables: [customers]
+      verbs: [read]
+      fields: { allow: [id, name] }
+      maxRows: 1
+";
+
 /// The statement timeout of every fixture API; the `slow` view takes longer.
 pub const STATEMENT_TIMEOUT_MS: u32 = 2000;
 
@@ -88,6 +134,8 @@ pub struct TestApi {
     pub address: SocketAddr,
     /// The REST base path.
     pub base: String,
+    /// API keys by role name.
+    keys: BTreeMap<String, String>,
     cleanup: Cleanup,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -107,7 +155,12 @@ fn unique_name() -> String {
     format!("sluice_t{}_{nanos}", std::process::id())
 }
 
-fn manifest(engine: Engine, schema: Option<&str>, sqlite_path: Option<&str>) -> sluice_crds::RuntimeConfig {
+/// The fixture's resolved config, and a freshly generated key for each role that has one.
+fn manifest(
+    engine: Engine,
+    schema: Option<&str>,
+    sqlite_path: Option<&str>,
+) -> (sluice_crds::RuntimeConfig, BTreeMap<String, String>) {
     let database = match engine {
         Engine::Sqlite => format!("engine: sqlite\n    path: {}", sqlite_path.unwrap_or_default()),
         other => format!(
@@ -117,10 +170,24 @@ fn manifest(engine: Engine, schema: Option<&str>, sqlite_path: Option<&str>) -> 
         ),
     };
     let yaml = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: fixture, namespace: test }}\nspec:\n  database:\n    {database}\n    pool: {{ maxConnections: 4, acquireTimeoutMs: 1500, statementTimeoutMs: {STATEMENT_TIMEOUT_MS} }}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 3, maxBodyBytes: 2048 }}\n"
+        "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: fixture, namespace: test }}\nspec:\n  database:\n    {database}\n    pool: {{ maxConnections: 4, acquireTimeoutMs: 1500, statementTimeoutMs: {STATEMENT_TIMEOUT_MS} }}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 3, maxBodyBytes: 2048 }}\n  auth: {{ apiKeyHeader: {API_KEY_HEADER}, anonymousRole: visitor }}\n"
     );
     let data_api: sluice_crds::DataApi = serde_yaml::from_str(&yaml).expect("fixture DataApi parses");
-    sluice_crds::resolve(&data_api, &[], &sluice_crds::KeyHashes::new()).expect("fixture DataApi resolves")
+    let roles: Vec<sluice_crds::ApiRole> = serde_yaml::Deserializer::from_str(ROLES)
+        .map(|document| serde::Deserialize::deserialize(document).expect("fixture ApiRole parses"))
+        .collect();
+    let mut hashes = sluice_crds::KeyHashes::new();
+    let mut keys = BTreeMap::new();
+    for role in &roles {
+        let name = role.metadata.name.clone().expect("fixture roles are named");
+        for key in &role.spec.api_keys {
+            let plaintext = sluice_runtime::config::generate_api_key();
+            hashes.insert_plaintext(&name, &key.name, &plaintext);
+            keys.insert(name.clone(), plaintext);
+        }
+    }
+    let config = sluice_crds::resolve(&data_api, &roles, &hashes).expect("fixture DataApi resolves");
+    (config, keys)
 }
 
 fn with_database(url: &str, database: &str) -> String {
@@ -144,7 +211,7 @@ pub async fn start(engine: Engine) -> TestApi {
 pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
     let name = unique_name();
     let fixture = fixture_sql(engine);
-    let (config, url, cleanup) = match engine {
+    let ((config, keys), url, cleanup) = match engine {
         Engine::Postgres => {
             let url = server_url.to_owned();
             let admin = Database::connect(engine, &url, &Default::default()).expect("PostgreSQL URL parses");
@@ -202,6 +269,7 @@ pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
         engine,
         address,
         base: "/api".into(),
+        keys,
         cleanup,
         shutdown: Some(shutdown),
         server,
@@ -231,9 +299,32 @@ impl TestApi {
         request(self.address, "GET", path, &[], None).await
     }
 
-    /// A request to `base + path`.
+    /// The API key of `role` (`admin` or `clerk`).
+    pub fn key(&self, role: &str) -> &str {
+        self.keys
+            .get(role)
+            .unwrap_or_else(|| panic!("the fixture has no key for role {role}"))
+    }
+
+    /// A request to `base + path` as the `admin` role, which may do everything.
     pub async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
-        request(self.address, method, &format!("{}{path}", self.base), headers, body).await
+        self.call_as(Some(self.key("admin")), method, path, headers, body).await
+    }
+
+    /// A request to `base + path` with `key` in the key header, or without credentials.
+    pub async fn call_as(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        let mut all = headers.to_vec();
+        if let Some(key) = key {
+            all.push((API_KEY_HEADER, key));
+        }
+        request(self.address, method, &format!("{}{path}", self.base), &all, body).await
     }
 
     /// Starts a graceful shutdown and waits until the server has finished every request.

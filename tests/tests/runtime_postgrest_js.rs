@@ -1,6 +1,7 @@
 //! Clients nobody here wrote: `@supabase/postgrest-js` performs selects with filters and
 //! embedding, inserts, updates, upserts and deletes against Sluice, and an independent OpenAPI
-//! 3.1 validator (`@seriousme/openapi-schema-validator`) checks the document, on every engine.
+//! 3.1 validator (`@seriousme/openapi-schema-validator`) checks the document, on every engine,
+//! with the fixture's admin key.
 //!
 //! Needs `node` and `npm` and, the first time, access to the npm registry: the packages are
 //! installed, pinned, under the cargo target directory. Without them the test fails, naming
@@ -22,8 +23,9 @@ import assert from 'node:assert/strict'
 import { PostgrestClient } from '@supabase/postgrest-js'
 import { Validator } from '@seriousme/openapi-schema-validator'
 
-const base = process.argv[2]
-const db = new PostgrestClient(base)
+const [base, key] = process.argv.slice(2)
+const headers = { 'X-API-Key': key }
+const db = new PostgrestClient(base, { headers })
 const ok = (label, result) => {
   assert.equal(result.error, null, `${label}: ${JSON.stringify(result.error)}`)
   return result
@@ -63,7 +65,7 @@ r = await db.from('customers').select('nope')
 assert.equal(r.status, 400)
 assert.equal(r.error.code, 'unknown_column')
 
-const document = await (await fetch(`${base}/openapi.json`)).json()
+const document = await (await fetch(`${base}/openapi.json`, { headers })).json()
 const validation = await new Validator().validate(document)
 assert.ok(validation.valid, `OpenAPI document invalid: ${JSON.stringify(validation.errors)}`)
 console.log('postgrest-js and the OpenAPI validator are satisfied')
@@ -114,6 +116,7 @@ async fn postgrest_js_is_satisfied(engine: Engine) {
         .current_dir(&dir)
         .arg("check.mjs")
         .arg(&base)
+        .arg(api.key("admin"))
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run node: {e}; install Node.js 18+"));

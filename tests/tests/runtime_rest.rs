@@ -1,11 +1,12 @@
-//! One table of REST cases, and one of bad input, run against PostgreSQL, MariaDB and SQLite.
+//! One table of REST cases, one of bad input, and one of attempts to get around the roles, run
+//! against PostgreSQL, MariaDB and SQLite.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_crds::dataapi::Engine;
 use sluice_tests::private_db::PrivateDb;
-use sluice_tests::runtime::{Reply, TestApi, request, same_json, start, start_on};
+use sluice_tests::runtime::{API_KEY_HEADER, Reply, TestApi, request, same_json, start, start_on};
 
 const REPRESENTATION: (&str, &str) = ("Prefer", "return=representation");
 
@@ -938,8 +939,8 @@ async fn mariadb_bytes_timestamps_and_updatable_views() {
 #[tokio::test]
 async fn shutdown_finishes_requests_in_flight() {
     let mut api = start(Engine::Postgres).await;
-    let (address, path) = (api.address, format!("{}/slow", api.base));
-    let in_flight = tokio::spawn(async move { request(address, "GET", &path, &[], None).await });
+    let (address, path, key) = (api.address, format!("{}/slow", api.base), api.key("admin").to_owned());
+    let in_flight = tokio::spawn(async move { request(address, "GET", &path, &[(API_KEY_HEADER, &key)], None).await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     api.shut_down().await.expect("the server stops cleanly");
     let reply = in_flight.await.expect("the request task");
@@ -953,4 +954,456 @@ async fn shutdown_finishes_requests_in_flight() {
         "still accepting connections"
     );
     api.cleanup().await;
+}
+
+/// Who makes an attempt.
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    /// No credentials: the anonymous `visitor` (customers' id and name, at most one row).
+    Nobody,
+    /// `clerk`: customers without email and balance (read, create, update); orders and order
+    /// items read through an allow list that hides `orders.customer_id` and `orders.note`.
+    Clerk,
+    /// A well-formed key this DataApi never issued (as another DataApi's key would be).
+    Stranger,
+    /// A bearer token, which this DataApi does not accept.
+    Bearer,
+}
+
+/// One attempt: what is sent, and the status plus error code or body that must come back.
+struct Attempt {
+    name: &'static str,
+    who: Who,
+    method: &'static str,
+    path: &'static str,
+    body: Option<Value>,
+    status: u16,
+    code: Option<&'static str>,
+    expect: Option<Value>,
+    message: Option<&'static str>,
+}
+
+fn attempt(name: &'static str, who: Who, method: &'static str, path: &'static str, status: u16) -> Attempt {
+    Attempt {
+        name,
+        who,
+        method,
+        path,
+        body: None,
+        status,
+        code: None,
+        expect: None,
+        message: None,
+    }
+}
+
+fn refused(
+    name: &'static str,
+    who: Who,
+    method: &'static str,
+    path: &'static str,
+    status: u16,
+    code: &'static str,
+) -> Attempt {
+    Attempt {
+        code: Some(code),
+        ..attempt(name, who, method, path, status)
+    }
+}
+
+impl Attempt {
+    fn with_body(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+    fn expect(mut self, body: Value) -> Self {
+        self.expect = Some(body);
+        self
+    }
+    fn saying(mut self, message: &'static str) -> Self {
+        self.message = Some(message);
+        self
+    }
+}
+
+fn bypass_attempts() -> Vec<Attempt> {
+    use Who::{Bearer, Clerk, Nobody, Stranger};
+    let ada = json!({"id":1,"name":"Ada","vip":true,"joined_at":"2024-01-02T03:04:05","profile":{"tier":"gold","tags":[1,2]}});
+    let brian = json!({"id":2,"name":"Brian","vip":false,"joined_at":"2024-02-03T04:05:06","profile":null});
+    vec![
+        refused(
+            "a key this API never issued",
+            Stranger,
+            "GET",
+            "/customers",
+            401,
+            "unauthenticated",
+        ),
+        refused("a bearer token", Bearer, "GET", "/customers", 401, "unauthenticated"),
+        attempt(
+            "anonymous reads its allow list, capped by maxRows",
+            Nobody,
+            "GET",
+            "/customers?limit=3",
+            200,
+        )
+        .expect(json!([{"id":1,"name":"Ada"}])),
+        refused(
+            "anonymous: a table it cannot read does not exist",
+            Nobody,
+            "GET",
+            "/orders",
+            404,
+            "unknown_table",
+        ),
+        refused(
+            "anonymous: select outside the allow list",
+            Nobody,
+            "GET",
+            "/customers?select=id,email",
+            400,
+            "unknown_column",
+        ),
+        refused(
+            "anonymous: filter outside the allow list",
+            Nobody,
+            "GET",
+            "/customers?vip=is.true",
+            400,
+            "unknown_column",
+        ),
+        refused(
+            "anonymous: embed a table it cannot read",
+            Nobody,
+            "GET",
+            "/customers?select=id,orders(id)",
+            404,
+            "unknown_table",
+        ),
+        refused(
+            "anonymous: a verb it lacks",
+            Nobody,
+            "POST",
+            "/customers",
+            403,
+            "forbidden",
+        )
+        .with_body(json!({"id":60,"name":"x"}))
+        .saying(r#"role "visitor" may not create on table "customers""#),
+        refused(
+            "select a denied field",
+            Clerk,
+            "GET",
+            "/customers?select=id,email",
+            400,
+            "unknown_column",
+        ),
+        refused(
+            "rename a denied field",
+            Clerk,
+            "GET",
+            "/customers?select=who:balance",
+            400,
+            "unknown_column",
+        ),
+        refused(
+            "filter on a denied field",
+            Clerk,
+            "GET",
+            "/customers?select=id&email=eq.ada@example.com",
+            400,
+            "unknown_column",
+        ),
+        refused(
+            "a denied field inside or=()",
+            Clerk,
+            "GET",
+            "/customers?select=id&or=(balance.gt.100,id.eq.2)",
+            400,
+            "unknown_column",
+        ),
+        refused(
+            "order on a denied field",
+            Clerk,
+            "GET",
+            "/customers?select=id&order=balance.desc",
+            400,
+            "unknown_column",
+        ),
+        attempt("* omits denied fields", Clerk, "GET", "/customers?id=eq.2", 200).expect(json!([brian.clone()])),
+        attempt("a row by key omits denied fields", Clerk, "GET", "/customers/1", 200).expect(ada),
+        attempt(
+            "no maxRows: the page-size clamp only",
+            Clerk,
+            "GET",
+            "/customers?select=id&limit=10",
+            200,
+        )
+        .expect(ids(&[1, 2, 3])),
+        refused(
+            "a table no rule names does not exist",
+            Clerk,
+            "GET",
+            "/vip_customers",
+            404,
+            "unknown_table",
+        ),
+        refused(
+            "select outside an allow list",
+            Clerk,
+            "GET",
+            "/orders?select=id,customer_id",
+            400,
+            "unknown_column",
+        ),
+        refused(
+            "embed through a hidden foreign key (to-one)",
+            Clerk,
+            "GET",
+            "/orders?select=id,customers(name)",
+            400,
+            "bad_query",
+        ),
+        refused(
+            "embed through a hidden foreign key (to-many)",
+            Clerk,
+            "GET",
+            "/customers?select=id,orders(id)",
+            400,
+            "bad_query",
+        ),
+        attempt(
+            "an embedded table obeys its own allow list",
+            Clerk,
+            "GET",
+            "/order_items?select=product,orders(*)&order_id=eq.11",
+            200,
+        )
+        .expect(json!([{"product":"pad","orders":{"id":11,"total":15.00}}])),
+        refused(
+            "a hidden field of an embedded table",
+            Clerk,
+            "GET",
+            "/order_items?select=product,orders(note)",
+            400,
+            "unknown_column",
+        ),
+        refused(
+            "insert a denied field",
+            Clerk,
+            "POST",
+            "/customers",
+            400,
+            "unknown_column",
+        )
+        .with_body(json!({"id":61,"name":"x","email":"x@example.com"})),
+        refused(
+            "update a denied field",
+            Clerk,
+            "PATCH",
+            "/customers/1",
+            400,
+            "unknown_column",
+        )
+        .with_body(json!({"balance":0})),
+        refused(
+            "update filtered on a denied field",
+            Clerk,
+            "PATCH",
+            "/customers?email=eq.ada@example.com",
+            400,
+            "unknown_column",
+        )
+        .with_body(json!({"name":"x"})),
+        refused(
+            "replace with a denied field",
+            Clerk,
+            "PUT",
+            "/customers/1",
+            400,
+            "unknown_column",
+        )
+        .with_body(json!({"name":"Ada","balance":1})),
+        refused(
+            "upsert on a denied conflict column",
+            Clerk,
+            "POST",
+            "/customers?on_conflict=email",
+            400,
+            "unknown_column",
+        )
+        .with_body(json!({"id":1,"name":"Ada"})),
+        refused(
+            "a verb the role lacks",
+            Clerk,
+            "DELETE",
+            "/customers/3",
+            403,
+            "forbidden",
+        )
+        .saying(r#"role "clerk" may not delete on table "customers""#),
+        refused(
+            "a verb the role lacks on a readable table",
+            Clerk,
+            "POST",
+            "/orders",
+            403,
+            "forbidden",
+        )
+        .with_body(json!({"id":70,"customer_id":1,"total":1}))
+        .saying(r#"role "clerk" may not create on table "orders""#),
+        attempt(
+            "a returned representation omits denied fields",
+            Clerk,
+            "PATCH",
+            "/customers/2?select=*",
+            200,
+        )
+        .with_body(json!({"name":"Brian"}))
+        .expect(brian),
+    ]
+}
+
+async fn send(
+    api: &TestApi,
+    who: Who,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    match who {
+        Who::Nobody => api.call_as(None, method, path, headers, body).await,
+        Who::Clerk => api.call_as(Some(api.key("clerk")), method, path, headers, body).await,
+        Who::Stranger => {
+            let key = sluice_runtime::config::generate_api_key();
+            api.call_as(Some(&key), method, path, headers, body).await
+        }
+        Who::Bearer => {
+            let mut all = headers.to_vec();
+            all.push(("Authorization", "Bearer eyJhbGciOiJub25lIn0.eyJyb2xlIjoiYWRtaW4ifQ."));
+            api.call_as(None, method, path, &all, body).await
+        }
+    }
+}
+
+fn property_names(document: &Value, table: &str) -> Vec<String> {
+    document["components"]["schemas"][table]["properties"]
+        .as_object()
+        .map(|properties| properties.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+async fn roles_cannot_be_bypassed(engine: Engine) {
+    let api = start(engine).await;
+    let before = snapshot(&api).await;
+    let mut failures = Vec::new();
+    for attempt in bypass_attempts() {
+        let body = attempt.body.as_ref().map(Value::to_string);
+        let headers = [REPRESENTATION];
+        let reply = send(
+            &api,
+            attempt.who,
+            attempt.method,
+            attempt.path,
+            &headers,
+            body.as_deref(),
+        )
+        .await;
+        let actual: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+        let mut problems = Vec::new();
+        if reply.status != attempt.status {
+            problems.push(format!("status {} (wanted {})", reply.status, attempt.status));
+        }
+        if let Some(code) = attempt.code
+            && actual["code"] != code
+        {
+            problems.push(format!("code {} (wanted {code})", actual["code"]));
+        }
+        if let Some(expected) = &attempt.expect
+            && !same_json(&actual, expected)
+        {
+            problems.push(format!("body {} (wanted {expected})", reply.body));
+        }
+        if let Some(message) = attempt.message
+            && actual["message"] != message
+        {
+            problems.push(format!("message {} (wanted {message})", actual["message"]));
+        }
+        if reply.status == 401 && reply.header("www-authenticate") != Some("ApiKey header=\"X-API-Key\"") {
+            problems.push(format!("WWW-Authenticate: {:?}", reply.header("www-authenticate")));
+        }
+        if ["ada@example.com", "1250.5"]
+            .iter()
+            .any(|secret| reply.body.contains(secret))
+        {
+            problems.push("a denied value leaked".into());
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{:?} {} {} [{}]: {}",
+                attempt.who,
+                attempt.method,
+                attempt.path,
+                attempt.name,
+                problems.join("; ")
+            ));
+        }
+    }
+    let after = snapshot(&api).await;
+
+    let anonymous = send(&api, Who::Nobody, "GET", "/openapi.json", &[], None).await.json();
+    let paths: Vec<&String> = anonymous["paths"]
+        .as_object()
+        .map(|p| p.keys().collect())
+        .unwrap_or_default();
+    if paths != ["/customers", "/customers/{key}"]
+        || property_names(&anonymous, "customers") != ["id", "name"]
+        || anonymous["paths"]["/customers"].get("post").is_some()
+    {
+        failures.push(format!(
+            "the anonymous OpenAPI document shows more than the role may use: {anonymous}"
+        ));
+    }
+    let clerk = send(&api, Who::Clerk, "GET", "/openapi.json", &[], None).await.json();
+    let customer_columns = property_names(&clerk, "customers");
+    if clerk["paths"].get("/vip_customers").is_some()
+        || customer_columns.iter().any(|c| c == "email" || c == "balance")
+        || property_names(&clerk, "orders") != ["id", "total"]
+        || clerk["paths"]["/customers"].get("post").is_none()
+        || clerk["paths"]["/customers"].get("delete").is_some()
+        || clerk["paths"]["/orders"].get("post").is_some()
+    {
+        failures.push(format!("the clerk's OpenAPI document is not its view: {clerk}"));
+    }
+    let docs = send(&api, Who::Nobody, "GET", "/docs", &[], None).await;
+    if docs.status != 200 || docs.body.contains("orders") || docs.body.contains("email") {
+        failures.push(format!(
+            "the anonymous docs page shows more than the role may use: {}",
+            docs.body
+        ));
+    }
+    api.cleanup().await;
+    assert!(
+        failures.is_empty(),
+        "{engine:?}: {} bypass attempt(s) were not refused as specified:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(before, after, "{engine:?}: refused attempts changed the data");
+}
+
+#[tokio::test]
+async fn roles_cannot_be_bypassed_on_postgres() {
+    roles_cannot_be_bypassed(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn roles_cannot_be_bypassed_on_mariadb() {
+    roles_cannot_be_bypassed(Engine::Mysql).await;
+}
+
+#[tokio::test]
+async fn roles_cannot_be_bypassed_on_sqlite() {
+    roles_cannot_be_bypassed(Engine::Sqlite).await;
 }

@@ -17,7 +17,7 @@ pub mod resolve;
 pub use apirole::{ApiRole, ApiRoleSpec, ApiRoleStatus};
 pub use config::RuntimeConfig;
 pub use dataapi::{DataApi, DataApiSpec, DataApiStatus};
-pub use resolve::{KeyHashes, ResolveError, hash_api_key, resolve};
+pub use resolve::{API_KEY_PREFIX, KeyHashes, ResolveError, generate_api_key, hash_api_key, resolve};
 
 /// The API group of every Sluice resource.
 pub const GROUP: &str = "sluice.dev";

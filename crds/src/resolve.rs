@@ -103,6 +103,22 @@ impl KeyHashes {
     }
 }
 
+/// Prefix of every API key Sluice generates, so leaked keys are recognisable by secret scanners.
+pub const API_KEY_PREFIX: &str = "sluice_";
+
+/// A new random API key: [`API_KEY_PREFIX`] and 256 bits from the operating system's CSPRNG,
+/// base64url-encoded. The operator generates keys into Secrets with it, and the runtime for
+/// local `serve --manifests` runs.
+pub fn generate_api_key() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    format!(
+        "{API_KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
 /// Lowercase hex SHA-256 of an API key. Keys are random with at least 256 bits of entropy, so
 /// a fast hash is enough; a slow password hash would only slow every request.
 pub fn hash_api_key(plaintext: &str) -> String {
@@ -715,6 +731,22 @@ spec: { dataApis: [marketing], rules: [{ tables: ["*"], verbs: [read] }] }
             hash_api_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn generated_keys_are_prefixed_256_bit_and_distinct() {
+        use base64::Engine as _;
+        let first = generate_api_key();
+
+        let encoded = first.strip_prefix(API_KEY_PREFIX).expect("prefixed");
+        assert_eq!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded)
+                .unwrap()
+                .len(),
+            32
+        );
+        assert_ne!(first, generate_api_key());
     }
 
     #[test]

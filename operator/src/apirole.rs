@@ -16,7 +16,7 @@ use tracing::{info, instrument, warn};
 
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Doing, Error};
-use crate::keys::{KEY_DATA_KEY, generate_key, key_secret, secret_value};
+use crate::keys::{KEY_DATA_KEY, key_secret, secret_value};
 use crate::metrics::ControllerKind;
 use crate::status::{self, Decided, reason};
 
@@ -145,7 +145,10 @@ async fn ensure_generated_key(
         return Ok(());
     }
     let created = secrets
-        .create(&PostParams::default(), &key_secret(role, key_name, &generate_key()))
+        .create(
+            &PostParams::default(),
+            &key_secret(role, key_name, &sluice_crds::generate_api_key()),
+        )
         .await;
     match created {
         Ok(_) => {

@@ -1,8 +1,8 @@
-//! API keys: generated once into a Secret per key, read back only to hash them.
+//! API keys: generated once into a Secret per key (see [`sluice_crds::generate_api_key`]), read
+//! back only to hash them.
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -10,22 +10,8 @@ use kube::{Resource, ResourceExt};
 use sluice_crds::ApiRole;
 use sluice_crds::apirole::generated_key_secret_name;
 
-/// Prefix of every generated key, so leaked keys are recognisable by secret scanners.
-pub const KEY_PREFIX: &str = "sluice_";
 /// The data key holding the API key in a generated Secret.
 pub const KEY_DATA_KEY: &str = "api-key";
-/// Bytes of randomness in a generated key (256 bits).
-const KEY_BYTES: usize = 32;
-
-/// A new random API key: the prefix and 256 bits from the OS's CSPRNG, base64url-encoded.
-pub fn generate_key() -> String {
-    let mut bytes = [0u8; KEY_BYTES];
-    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
-    format!(
-        "{KEY_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
 
 /// The Secret a generated key lives in, owned by its role so it goes when the role goes.
 pub fn key_secret(role: &ApiRole, key_name: &str, key: &str) -> Secret {
@@ -67,23 +53,6 @@ pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn generated_keys_are_prefixed_long_and_distinct() {
-        let first = generate_key();
-        let second = generate_key();
-
-        assert!(first.starts_with(KEY_PREFIX));
-        let encoded = &first[KEY_PREFIX.len()..];
-        assert_eq!(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(encoded)
-                .unwrap()
-                .len(),
-            32
-        );
-        assert_ne!(first, second);
-    }
 
     #[test]
     fn key_secret_is_owned_by_its_role() {

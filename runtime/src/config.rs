@@ -90,13 +90,6 @@ pub fn from_file(path: &Path) -> Result<Loaded, ConfigError> {
     })
 }
 
-/// A new random API key: `sk_` and 256 random bits in hex.
-pub fn generate_api_key() -> String {
-    let mut bytes = [0u8; 32];
-    rand::fill(&mut bytes);
-    format!("sk_{}", hex::encode(bytes))
-}
-
 /// Reads every `*.yaml`/`*.yml` in `dir` (multi-document files too): one DataApi and any ApiRoles.
 pub fn from_manifests(dir: &Path) -> Result<Loaded, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
@@ -145,7 +138,7 @@ pub fn from_manifests(dir: &Path) -> Result<Loaded, ConfigError> {
     for role in &roles {
         let role_name = role.metadata.name.clone().unwrap_or_default();
         for key in &role.spec.api_keys {
-            let plaintext = generate_api_key();
+            let plaintext = sluice_crds::generate_api_key();
             hashes.insert_plaintext(&role_name, &key.name, &plaintext);
             generated_keys.push((format!("{role_name}/{}", key.name), plaintext));
         }
@@ -206,14 +199,6 @@ pub fn seed_script(explicit: Option<&Path>, base_dir: &Path) -> Option<PathBuf> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn generated_keys_carry_256_bits() {
-        let key = generate_api_key();
-        assert!(key.starts_with("sk_"));
-        assert_eq!(key.len(), 3 + 64);
-        assert_ne!(key, generate_api_key());
-    }
 
     #[test]
     fn a_rendered_config_file_loads_and_its_version_is_checked() {

@@ -69,7 +69,7 @@ fn the_quickstart_serves_rows_and_stops_on_sigterm() {
             example = command.split('\'').next().map(str::to_owned);
         }
         if let Some(command) = line.trim().strip_prefix("curl -H '") {
-            // curl -H 'X-API-Key: sk_…' 'http://…'
+            // curl -H 'X-API-Key: sluice_…' 'http://…'
             let parts: Vec<&str> = command.split('\'').collect();
             keyed = Some((parts[0].to_owned(), parts[2].to_owned()));
             break;
@@ -81,7 +81,7 @@ fn the_quickstart_serves_rows_and_stops_on_sigterm() {
     let (header_name, key) = key_header.split_once(": ").expect("the curl names a header and a key");
     assert!(banner.iter().any(|line| line.contains("/openapi.json")), "{banner:?}");
     assert!(
-        banner.iter().any(|line| line.contains(": sk_")),
+        banner.iter().any(|line| line.contains(": sluice_")),
         "no generated API key: {banner:?}"
     );
     assert!(
@@ -101,7 +101,7 @@ fn the_quickstart_serves_rows_and_stops_on_sigterm() {
         status, 404,
         "{keyed} without a key must not exist for the anonymous role: {body}"
     );
-    let (status, _) = http_get(&keyed, &[(header_name, "sk_not_issued")]);
+    let (status, _) = http_get(&keyed, &[(header_name, "sluice_not_issued")]);
     assert_eq!(status, 401, "{keyed} with a key never issued");
 
     let terminated = Command::new("kill")

@@ -181,7 +181,7 @@ fn manifest(
     for role in &roles {
         let name = role.metadata.name.clone().expect("fixture roles are named");
         for key in &role.spec.api_keys {
-            let plaintext = sluice_runtime::config::generate_api_key();
+            let plaintext = sluice_crds::generate_api_key();
             hashes.insert_plaintext(&name, &key.name, &plaintext);
             keys.insert(name.clone(), plaintext);
         }

@@ -12,7 +12,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice_crds::config::CONFIG_FILE_NAME;
 use sluice_crds::{ApiRole, DataApi, KeyHashes, RuntimeConfig, resolve};
-use sluice_operator::keys::{KEY_DATA_KEY, KEY_PREFIX, secret_value};
+use sluice_operator::keys::{KEY_DATA_KEY, secret_value};
 use sluice_operator::resources::RESTART_HASH_ANNOTATION;
 use sluice_operator::{Settings, status};
 use sluice_tests::controlplane::ControlPlane;
@@ -198,7 +198,7 @@ async fn a_data_api_with_two_roles_becomes_ready_with_its_children() {
     .await;
     let key = secret_value(&key_secret, KEY_DATA_KEY).unwrap();
     assert!(
-        key.starts_with(KEY_PREFIX) && key.len() >= KEY_PREFIX.len() + 43,
+        key.starts_with(sluice_crds::API_KEY_PREFIX) && key.len() >= sluice_crds::API_KEY_PREFIX.len() + 43,
         "{key}"
     );
     let roles = [

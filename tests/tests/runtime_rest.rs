@@ -1276,7 +1276,7 @@ async fn send(
         Who::Nobody => api.call_as(None, method, path, headers, body).await,
         Who::Clerk => api.call_as(Some(api.key("clerk")), method, path, headers, body).await,
         Who::Stranger => {
-            let key = sluice_runtime::config::generate_api_key();
+            let key = sluice_crds::generate_api_key();
             api.call_as(Some(&key), method, path, headers, body).await
         }
         Who::Bearer => {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -317,6 +318,81 @@ async fn resource_versions(h: &Harness) -> Vec<(String, String)> {
     ]
 }
 
+/// `(type, reason)` of the events about the object `kind`/`name`, oldest first.
+async fn events_about(h: &Harness, kind: &str, name: &str) -> Vec<(String, String)> {
+    let events = h.api::<Event>().list(&Default::default()).await.unwrap();
+    let mut about: Vec<&Event> = events
+        .items
+        .iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .collect();
+    about.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+    about
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_event(h: &Harness, kind: &str, name: &str, reason: &str) -> Vec<(String, String)> {
+    eventually(&format!("a {reason} event about {kind} {name}"), || async {
+        let events = events_about(h, kind, name).await;
+        events.iter().any(|(_, r)| r == reason).then_some(events)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn events_tell_what_changed_and_no_op_reconciles_stay_quiet() {
+    let h = harness("op-events").await;
+    h.apply_yaml::<ApiRole>(VIEWER).await;
+    h.apply_yaml::<ApiRole>(ANALYST).await;
+    h.apply_yaml::<DataApi>(DATA_API).await;
+
+    let events = wait_event(&h, "DataApi", "sales", "SecretNotFound").await;
+    assert!(
+        events.contains(&("Warning".into(), "SecretNotFound".into())),
+        "{events:?}"
+    );
+    wait_event(&h, "ApiRole", "analyst", "KeyGenerated").await;
+
+    h.dsn_secret("sales-db", "postgres://u:p@db/sales").await;
+    wait_condition(&h, "sales", status::READY, "True").await;
+    let events = wait_event(&h, "DataApi", "sales", "Created").await;
+    assert!(
+        events.contains(&("Normal".into(), status::reason::RESOLVED.into())),
+        "config turned valid: {events:?}"
+    );
+
+    // Several resyncs of unchanged objects publish nothing new.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = events_about(&h, "DataApi", "sales").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        events_about(&h, "DataApi", "sales").await,
+        settled,
+        "no-op reconciles published events"
+    );
+
+    h.api::<DataApi>()
+        .patch(
+            "sales",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "runtime": { "image": "sluice-runtime:next" } } })),
+        )
+        .await
+        .unwrap();
+    wait_event(&h, "DataApi", "sales", "RollingOut").await;
+}
+
 #[tokio::test]
 async fn reconciling_an_unchanged_object_writes_nothing() {
     let h = harness("op-idem").await;
@@ -524,6 +600,18 @@ async fn odd_specs_end_in_a_clear_condition() {
         "{}",
         role.conditions[0].message
     );
+
+    // Empty lists everywhere are a valid, if useless, configuration.
+    h.apply_yaml::<ApiRole>(
+        "apiVersion: sluice.dev/v1alpha1\nkind: ApiRole\nmetadata: { name: empty }\nspec: { dataApis: [empty-lists], rules: [], apiKeys: [], subjects: { jwtRoles: [] } }",
+    )
+    .await;
+    h.apply_yaml::<DataApi>(
+        "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: { name: empty-lists }\nspec:\n  database: { engine: postgres, connectionSecretRef: { name: db, key: url }, schemas: [], include: [], exclude: [] }\n  queries: []\n  auth: { anonymousRole: empty }",
+    )
+    .await;
+    let api = wait_condition(&h, "empty-lists", status::READY, "True").await;
+    assert_eq!(api.status.unwrap().bound_roles, ["empty"]);
 
     // Fixing one object fixes it alone; the others were never stalled by it.
     h.apply_yaml::<Secret>(

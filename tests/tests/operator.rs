@@ -240,6 +240,76 @@ async fn a_data_api_with_two_roles_becomes_ready_with_its_children() {
     assert_eq!(role.key_secrets, ["analyst-key-dashboard"]);
 }
 
+/// Every distinct `(ConfigValid, Progressing, Ready)` status triple a watch sees on DataApi `name`,
+/// in order, until `Ready=True` for the current generation. `watching` fires once the watch is
+/// established, so no later write can be missed.
+async fn condition_walk(
+    apis: Api<DataApi>,
+    name: String,
+    watching: tokio::sync::oneshot::Sender<()>,
+) -> Vec<(String, String, String)> {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = std::pin::pin!(watcher(apis, config));
+    let mut watching = Some(watching);
+    let mut walk: Vec<(String, String, String)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        let api = match event.expect("the DataApi watch works") {
+            watcher::Event::InitDone => {
+                if let Some(watching) = watching.take() {
+                    let _ = watching.send(());
+                }
+                continue;
+            }
+            watcher::Event::Apply(api) | watcher::Event::InitApply(api) => api,
+            watcher::Event::Init | watcher::Event::Delete(_) => continue,
+        };
+        let status_of = |type_: &str| condition(&api, type_).map(|c| c.status.clone()).unwrap_or_default();
+        let step = (
+            status_of(status::CONFIG_VALID),
+            status_of(status::PROGRESSING),
+            status_of(status::READY),
+        );
+        if walk.last() != Some(&step) {
+            walk.push(step.clone());
+        }
+        let current = condition(&api, status::READY).is_some_and(|c| c.observed_generation == api.metadata.generation);
+        if step.2 == "True" && current {
+            return walk;
+        }
+    }
+    panic!("DataApi {name} did not become Ready within {WAIT:?}; statuses seen: {walk:?}");
+}
+
+#[tokio::test]
+async fn conditions_walk_from_config_valid_through_progressing_to_ready() {
+    let h = harness("op-walk").await;
+    h.dsn_secret("sales-db", "postgres://u:p@db:5432/sales").await;
+    h.apply_yaml::<ApiRole>(VIEWER).await;
+    let (established, watch_ready) = tokio::sync::oneshot::channel();
+    let walking = tokio::spawn(condition_walk(h.api::<DataApi>(), "sales".into(), established));
+    watch_ready.await.expect("the watch starts");
+    h.apply_yaml::<DataApi>(DATA_API).await;
+
+    let walk = walking.await.unwrap();
+
+    let rolling_out = ("True".to_owned(), "True".to_owned(), "False".to_owned());
+    let ready = ("True".to_owned(), "False".to_owned(), "True".to_owned());
+    assert!(
+        walk.contains(&rolling_out),
+        "ConfigValid=True, Progressing=True, Ready=False never seen: {walk:?}"
+    );
+    assert_eq!(walk.last(), Some(&ready), "{walk:?}");
+    let progressing_at = walk.iter().position(|step| *step == rolling_out).unwrap();
+    assert!(
+        walk[progressing_at..].iter().all(|(valid, _, _)| valid == "True"),
+        "{walk:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_dsn_secret_is_reported_and_fixed_by_creating_it() {
     let h = harness("op-secret").await;

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
-use crate::query::{Condition, IsValue, Operand, Operator, ReadQuery, SelectItem};
+use sluice_crds::apirole::FilterOperator;
+
+use crate::query::{Condition, IsValue, Operand, ReadQuery, SelectItem};
 use crate::schema::{Column, Relationship, Schema, Table};
 use crate::sql::BindValue;
 use crate::value;
@@ -73,18 +75,18 @@ pub enum Comparison {
 }
 
 impl Comparison {
-    fn from_operator(operator: Operator) -> Option<Self> {
+    fn from_operator(operator: FilterOperator) -> Option<Self> {
         Some(match operator {
-            Operator::Eq => Self::Eq,
-            Operator::Neq => Self::Neq,
-            Operator::Gt => Self::Gt,
-            Operator::Gte => Self::Gte,
-            Operator::Lt => Self::Lt,
-            Operator::Lte => Self::Lte,
-            Operator::Like => Self::Like,
-            Operator::Ilike => Self::Ilike,
-            Operator::In => Self::In,
-            Operator::Is => return None,
+            FilterOperator::Eq => Self::Eq,
+            FilterOperator::Neq => Self::Neq,
+            FilterOperator::Gt => Self::Gt,
+            FilterOperator::Gte => Self::Gte,
+            FilterOperator::Lt => Self::Lt,
+            FilterOperator::Lte => Self::Lte,
+            FilterOperator::Like => Self::Like,
+            FilterOperator::Ilike => Self::Ilike,
+            FilterOperator::In => Self::In,
+            FilterOperator::Is => return None,
         })
     }
 }

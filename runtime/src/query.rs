@@ -2,49 +2,26 @@
 //!
 //! Pure: it knows nothing of the schema. [`crate::plan`] checks every name against it.
 
+use sluice_crds::apirole::FilterOperator;
+
 use crate::error::ApiError;
 
-/// A comparison operator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operator {
-    /// `eq`
-    Eq,
-    /// `neq`
-    Neq,
-    /// `gt`
-    Gt,
-    /// `gte`
-    Gte,
-    /// `lt`
-    Lt,
-    /// `lte`
-    Lte,
-    /// `like` (`*` is a wildcard too)
-    Like,
-    /// `ilike`
-    Ilike,
-    /// `in.(a,b)`
-    In,
-    /// `is.null|true|false`
-    Is,
-}
-
-impl Operator {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "eq" => Self::Eq,
-            "neq" => Self::Neq,
-            "gt" => Self::Gt,
-            "gte" => Self::Gte,
-            "lt" => Self::Lt,
-            "lte" => Self::Lte,
-            "like" => Self::Like,
-            "ilike" => Self::Ilike,
-            "in" => Self::In,
-            "is" => Self::Is,
-            _ => return None,
-        })
-    }
+/// The REST grammar's operators are the same closed set as ApiRole row filters, so both compile
+/// through one type.
+fn parse_operator(name: &str) -> Option<FilterOperator> {
+    Some(match name {
+        "eq" => FilterOperator::Eq,
+        "neq" => FilterOperator::Neq,
+        "gt" => FilterOperator::Gt,
+        "gte" => FilterOperator::Gte,
+        "lt" => FilterOperator::Lt,
+        "lte" => FilterOperator::Lte,
+        "like" => FilterOperator::Like,
+        "ilike" => FilterOperator::Ilike,
+        "in" => FilterOperator::In,
+        "is" => FilterOperator::Is,
+        _ => return None,
+    })
 }
 
 /// What `is.` compares with.
@@ -79,7 +56,7 @@ pub enum Condition {
         /// Preceded by `not.`.
         negated: bool,
         /// The operator.
-        operator: Operator,
+        operator: FilterOperator,
         /// The value(s).
         operand: Operand,
     },
@@ -291,10 +268,10 @@ fn parse_predicate(column: &str, expression: &str) -> Result<Condition, ApiError
         )
     };
     let (name, value) = expression.split_once('.').ok_or_else(malformed)?;
-    let operator = Operator::parse(name).ok_or_else(malformed)?;
+    let operator = parse_operator(name).ok_or_else(malformed)?;
     let operand = match operator {
-        Operator::In => Operand::List(parse_list(value)?),
-        Operator::Is => Operand::Is(match value.to_ascii_lowercase().as_str() {
+        FilterOperator::In => Operand::List(parse_list(value)?),
+        FilterOperator::Is => Operand::Is(match value.to_ascii_lowercase().as_str() {
             "null" => IsValue::Null,
             "true" => IsValue::True,
             "false" => IsValue::False,
@@ -305,7 +282,7 @@ fn parse_predicate(column: &str, expression: &str) -> Result<Condition, ApiError
                 ));
             }
         }),
-        Operator::Like | Operator::Ilike => Operand::Scalar(value.replace('*', "%")),
+        FilterOperator::Like | FilterOperator::Ilike => Operand::Scalar(value.replace('*', "%")),
         _ => Operand::Scalar(unquote(value)),
     };
     Ok(Condition::Predicate {
@@ -430,7 +407,7 @@ mod tests {
         list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn predicate(column: &str, negated: bool, operator: Operator, operand: Operand) -> Condition {
+    fn predicate(column: &str, negated: bool, operator: FilterOperator, operand: Operand) -> Condition {
         Condition::Predicate {
             column: column.into(),
             negated,
@@ -457,28 +434,28 @@ mod tests {
         .expect("valid");
         assert_eq!(
             query.filters[0],
-            predicate("a", false, Operator::Eq, Operand::Scalar("1".into()))
+            predicate("a", false, FilterOperator::Eq, Operand::Scalar("1".into()))
         );
         assert_eq!(
             query.filters[6],
-            predicate("g", false, Operator::Like, Operand::Scalar("%ab%".into()))
+            predicate("g", false, FilterOperator::Like, Operand::Scalar("%ab%".into()))
         );
         assert_eq!(
             query.filters[8],
             predicate(
                 "i",
                 false,
-                Operator::In,
+                FilterOperator::In,
                 Operand::List(vec!["1".into(), "x,y".into(), "3".into()])
             )
         );
         assert_eq!(
             query.filters[9],
-            predicate("j", false, Operator::Is, Operand::Is(IsValue::Null))
+            predicate("j", false, FilterOperator::Is, Operand::Is(IsValue::Null))
         );
         assert_eq!(
             query.filters[10],
-            predicate("k", true, Operator::Eq, Operand::Scalar("5".into()))
+            predicate("k", true, FilterOperator::Eq, Operand::Scalar("5".into()))
         );
     }
 
@@ -487,7 +464,7 @@ mod tests {
         let query = parse_query(&pairs(&[("price", "gt.10.5")])).expect("valid");
         assert_eq!(
             query.filters[0],
-            predicate("price", false, Operator::Gt, Operand::Scalar("10.5".into()))
+            predicate("price", false, FilterOperator::Gt, Operand::Scalar("10.5".into()))
         );
     }
 
@@ -520,7 +497,7 @@ mod tests {
         };
         assert_eq!(
             conditions[1],
-            predicate("e", true, Operator::Eq, Operand::Scalar("3".into()))
+            predicate("e", true, FilterOperator::Eq, Operand::Scalar("3".into()))
         );
     }
 

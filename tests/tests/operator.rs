@@ -388,6 +388,17 @@ async fn resource_versions(h: &Harness) -> Vec<(String, String)> {
     ]
 }
 
+async fn set_image(h: &Harness, data_api: &str, image: &str) {
+    h.api::<DataApi>()
+        .patch(
+            data_api,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "runtime": { "image": image } } })),
+        )
+        .await
+        .unwrap();
+}
+
 /// `(type, reason)` of the events about the object `kind`/`name`, oldest first.
 async fn events_about(h: &Harness, kind: &str, name: &str) -> Vec<(String, String)> {
     let events = h.api::<Event>().list(&Default::default()).await.unwrap();
@@ -452,14 +463,7 @@ async fn events_tell_what_changed_and_no_op_reconciles_stay_quiet() {
         "no-op reconciles published events"
     );
 
-    h.api::<DataApi>()
-        .patch(
-            "sales",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "runtime": { "image": "sluice-runtime:next" } } })),
-        )
-        .await
-        .unwrap();
+    set_image(&h, "sales", "sluice-runtime:next").await;
     wait_event(&h, "DataApi", "sales", "RollingOut").await;
 }
 
@@ -528,14 +532,7 @@ async fn a_role_change_rewrites_only_the_config_and_an_image_change_rolls_the_po
         deployment.spec.as_ref().unwrap().template
     );
 
-    h.api::<DataApi>()
-        .patch(
-            "sales",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "runtime": { "image": "sluice-runtime:next" } } })),
-        )
-        .await
-        .unwrap();
+    set_image(&h, "sales", "sluice-runtime:next").await;
     let rolled = eventually("the Deployment to roll", || async {
         let d = h.api::<Deployment>().get("sluice-sales").await.ok()?;
         (template_hash(&d).1 != template_hash(&deployment).1).then_some(d)

@@ -2,9 +2,9 @@
 //!
 //! A request flows authenticate ([`auth`]) → parse ([`query`]) → plan ([`plan`], checked
 //! against the caller's role's view of the introspected [`schema`]) → authorise ([`authz`],
-//! in [`rest`]'s single `handle` step) → execute ([`execute`], SQL from [`sql`], run on [`db`])
+//! in the single [`pipeline::run`] step) → execute ([`execute`], SQL from [`sql`], run on [`db`])
 //! → respond ([`rest`]). The [`plan::Plan`] names table, verb, columns and filters, so audit
-//! attaches to the same `handle` step without touching the handlers.
+//! attaches to the same step without touching the handlers.
 //!
 //! # Values on the wire
 //! - The database renders every row as one JSON text (`json_build_object`, `JSON_OBJECT`,
@@ -30,6 +30,7 @@ pub mod error;
 pub mod execute;
 pub mod introspect;
 pub mod openapi;
+pub mod pipeline;
 pub mod plan;
 pub mod query;
 pub mod rest;

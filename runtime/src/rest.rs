@@ -1,6 +1,6 @@
 //! REST handlers. Each one authenticates the caller, reads the request, builds a checked
-//! [`Plan`] against the caller's view of the schema ([`Access::view`]), runs it through
-//! [`handle`] and shapes the response; nothing here writes SQL or decides access.
+//! [`Plan`] against the caller's view of the schema ([`crate::authz::Access::view`]), runs it through
+//! [`pipeline::run`] and shapes the response; nothing here writes SQL or decides access.
 
 use std::sync::Arc;
 
@@ -13,9 +13,9 @@ use sluice_crds::apirole::Verb;
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::authz::Access;
 use crate::error::ApiError;
-use crate::execute::{Outcome, execute};
+use crate::execute::Outcome;
+use crate::pipeline;
 use crate::plan::{self, Action, Field, Paging, Plan, Upsert};
 use crate::query::{ReadQuery, parse_query};
 use crate::schema::{Schema, Table};
@@ -94,29 +94,6 @@ fn paging(state: &AppState) -> Paging {
     }
 }
 
-/// The single step every request passes through once planned: the policy re-checks the plan
-/// and caps its rows before it runs (audit will attach after it). `schema` is the full schema:
-/// execution may use columns the role cannot see, such as a hidden primary key, internally.
-async fn handle(
-    state: &AppState,
-    schema: &Schema,
-    access: &Access<'_>,
-    mut plan: Plan,
-    count: bool,
-) -> Result<Outcome, ApiError> {
-    tracing::debug!(table = %plan.table, verb = ?plan.verb(), role = access.role(), read = ?plan.columns_read(), written = ?plan.columns_written(), "planned");
-    let decision = access.decide(&plan)?;
-    if let (Some(cap), Action::Read(read)) = (decision.max_rows, &mut plan.action) {
-        read.limit = read.limit.min(cap);
-    }
-    let mut outcome = execute(&state.database, schema, &plan, count).await?;
-    // Rows returned from writes obey the cap too, so a write cannot read more than a read.
-    if let Some(cap) = decision.max_rows {
-        outcome.rows.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
-    }
-    Ok(outcome)
-}
-
 fn json_response(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(
@@ -178,7 +155,7 @@ pub async fn read_rows(
         returning: None,
     };
     let preferences = Preferences::from_headers(&headers);
-    let outcome = handle(&state, &schema, &access, plan, preferences.count_exact).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, preferences.count_exact).await?;
     if wants_single(&headers) {
         return single_object(&outcome);
     }
@@ -210,7 +187,7 @@ pub async fn read_row(
         action: Action::Read(read),
         returning: None,
     };
-    let outcome = handle(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
     match outcome.rows.into_iter().next() {
         Some(row) => Ok(json_response(StatusCode::OK, row)),
         None => Err(ApiError::RowNotFound {
@@ -329,7 +306,7 @@ pub async fn create_rows(
         action: Action::Insert(insert),
         returning,
     };
-    let outcome = handle(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
     write_response(StatusCode::CREATED, &outcome, returned, wants_single(&headers))
 }
 
@@ -369,7 +346,7 @@ pub async fn update_rows(
         action: Action::Update(update),
         returning,
     };
-    let outcome = handle(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
     write_response(StatusCode::OK, &outcome, returned, wants_single(&headers))
 }
 
@@ -403,7 +380,7 @@ pub async fn delete_rows(
         action: Action::Delete(filters),
         returning,
     };
-    let outcome = handle(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
     write_response(StatusCode::OK, &outcome, returned, wants_single(&headers))
 }
 
@@ -450,7 +427,7 @@ pub async fn update_row(
         action: Action::Update(update),
         returning,
     };
-    let outcome = handle(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
     row_response(outcome, returned, table, key)
 }
 
@@ -508,7 +485,7 @@ pub async fn replace_row(
         action: Action::Insert(insert),
         returning,
     };
-    let outcome = handle(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
     match outcome.rows.into_iter().next() {
         Some(row) if returned => Ok(json_response(StatusCode::OK, row)),
         _ => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -539,6 +516,6 @@ pub async fn delete_row(
         action: Action::Delete(filters),
         returning,
     };
-    let outcome = handle(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
     row_response(outcome, returned, table, key)
 }

@@ -4,22 +4,34 @@
 //! columns its read rules hide are absent from their tables, so planning against the view
 //! answers "unknown table" or "unknown column" exactly as for names that do not exist, and a
 //! hidden column can be neither selected (`*` included), filtered, ordered, embedded through nor
-//! written. [`Access::decide`] then re-checks the finished [`Plan`] before it runs (verbs, every
-//! column read or written, embedded tables) and returns the [`Decision`] that shapes execution.
+//! written. [`Access::govern`] then re-checks the finished [`Plan`] before it runs (verbs, every
+//! column read or written, embedded tables, no comparison on a masked column) and binds it to
+//! the role: the row filters join the plan's own filters (embedded tables' included) and the
+//! returned [`Governance`] carries what execution and the response must still enforce: the row
+//! cap, the check that written rows stay inside the row filter, and the masks.
 //!
-//! Rules are additive: a column is visible for a verb when any rule granting that verb on the
-//! table shows it. Masks and row filters are not enforced yet, so until they are the runtime
-//! fails closed: a masked column is hidden, and a rule with a row filter grants nothing.
+//! Rules are additive: a verb is granted on a table when any rule grants it; a column is visible
+//! when any granting rule shows it and masked only when every granting rule that shows it masks
+//! it; a row is inside the role's reach when it meets the row filter of any granting rule (a rule
+//! without a row filter reaches every row). Columns and rows add up independently, so give
+//! different column sets for different rows to different roles.
+//!
+//! Row filters fail closed: a predicate that cannot be evaluated for this caller (a claim it does
+//! not carry, a value that does not fit the column, a column the table does not have) matches no
+//! row, so a caller never sees more because its token lacks a claim.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use sluice_crds::apirole::{AccessRule, Verb};
+use serde_json::{Map, Value};
+use sluice_crds::apirole::{AccessRule, FieldMask, FilterOperator, RowPredicate, Verb};
 use sluice_crds::config::RoleConfig;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::plan::{self, Action, Field, Plan};
+use crate::mask::MaskTree;
+use crate::plan::{self, Action, Field, Filter, Plan};
+use crate::query::{Condition, IsValue, Operand};
 use crate::schema::{Schema, Table};
 
 /// Every role's rules, with their table globs compiled once per config.
@@ -35,17 +47,13 @@ struct CompiledRule {
 }
 
 impl Policy {
-    /// Compiles the config's roles. A rule that cannot be enforced (a table glob that does
-    /// not parse, or a row filter) grants nothing, with an error in the log naming it.
+    /// Compiles the config's roles. A rule whose table glob does not parse grants nothing, with
+    /// an error in the log naming it.
     pub fn compile(roles_by_name: &BTreeMap<String, RoleConfig>) -> Self {
         let mut roles = BTreeMap::new();
         for (name, role) in roles_by_name {
             let mut compiled = Vec::new();
             for (index, rule) in role.rules.iter().enumerate() {
-                if !rule.row_filter.is_empty() {
-                    tracing::error!(role = %name, rule = index, "row filters are not enforced by this runtime yet; the rule grants nothing");
-                    continue;
-                }
                 match compile_globs(&rule.tables) {
                     Ok(tables) => compiled.push(CompiledRule {
                         tables,
@@ -66,6 +74,7 @@ impl Policy {
         Access {
             role: &caller.role,
             rules: self.roles.get(&caller.role).map(Vec::as_slice).unwrap_or_default(),
+            claims: &caller.claims,
         }
     }
 }
@@ -78,13 +87,25 @@ fn compile_globs(patterns: &[String]) -> Result<GlobSet, globset::Error> {
     builder.build()
 }
 
-/// How the policy shapes one permitted request. Row filters will join the row cap here, so
-/// execution keeps taking its constraints from one value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Decision {
+/// What execution and the response must enforce for one permitted request.
+#[derive(Clone, Debug, Default)]
+pub struct Governance {
     /// Most rows the response may carry (the smallest `maxRows` of the rules granting the
     /// request), on top of the page-size clamp.
     pub max_rows: Option<u64>,
+    /// For inserts and updates under a row filter: every written row must meet it afterwards.
+    pub write_guard: Option<WriteGuard>,
+    /// Masks for the returned rows; `None` when nothing returned is masked.
+    pub masks: Option<MaskTree>,
+}
+
+/// The condition written rows must meet, so a caller cannot write a row it could not read back.
+#[derive(Clone, Debug)]
+pub struct WriteGuard {
+    /// The role's row filter for the verbs used, reading included.
+    pub scope: Filter,
+    /// The role, for the error naming the rule that refused.
+    pub role: String,
 }
 
 /// One caller's role, ready to answer questions about tables, verbs and columns.
@@ -92,6 +113,7 @@ pub struct Decision {
 pub struct Access<'p> {
     role: &'p str,
     rules: &'p [CompiledRule],
+    claims: &'p Map<String, Value>,
 }
 
 impl Access<'_> {
@@ -117,6 +139,20 @@ impl Access<'_> {
     fn shows(&self, table: &str, column: &str, verb: Verb) -> bool {
         let for_verb = |verb| self.granting(table, verb).any(|rule| rule_shows(rule, column));
         for_verb(Verb::Read) && (verb == Verb::Read || for_verb(verb))
+    }
+
+    /// The mask the role reads `column` of `table` through, if every read rule showing it masks it.
+    pub fn mask<'a>(&'a self, table: &'a str, column: &str) -> Option<&'a FieldMask> {
+        let mut first = None;
+        for rule in self.granting(table, Verb::Read).filter(|rule| rule_shows(rule, column)) {
+            match rule_mask(rule, column) {
+                Some(mask) => {
+                    first.get_or_insert(mask);
+                }
+                None => return None,
+            }
+        }
+        first
     }
 
     /// The schema as this role sees it for reading: only readable tables, only visible columns,
@@ -191,9 +227,10 @@ impl Access<'_> {
         }
     }
 
-    /// Re-checks a finished plan against the rules (whatever schema it was planned on) and
-    /// decides how it runs.
-    pub fn decide(&self, plan: &Plan) -> Result<Decision, ApiError> {
+    /// Re-checks a finished plan against the rules (whatever schema it was planned on), binds
+    /// it to the role's row filters, and says what execution must still enforce. `schema` is
+    /// the full schema: row filters may use columns the role cannot see.
+    pub fn govern(&self, schema: &Schema, plan: &mut Plan) -> Result<Governance, ApiError> {
         let verbs = required_verbs(plan);
         self.require(&plan.table, &verbs)?;
         let hidden = |column: &str| ApiError::UnknownColumn {
@@ -210,6 +247,7 @@ impl Access<'_> {
                 return Err(hidden(column));
             }
         }
+        let mut compared: Vec<&str> = plan.columns_compared();
         if let Action::Insert(plan::InsertPlan {
             upsert: Some(upsert), ..
         }) = &plan.action
@@ -219,6 +257,14 @@ impl Access<'_> {
                     return Err(hidden(column));
                 }
             }
+            compared.extend(upsert.conflict_columns.iter().map(String::as_str));
+        }
+        if let Some(column) = compared.iter().find(|column| self.mask(&plan.table, column).is_some()) {
+            return Err(ApiError::MaskedColumn {
+                role: self.role.to_owned(),
+                table: plan.table.clone(),
+                column: (*column).to_owned(),
+            });
         }
         let fields = match &plan.action {
             Action::Read(read) => Some(&read.fields),
@@ -227,14 +273,114 @@ impl Access<'_> {
         for field in fields.into_iter().flatten() {
             self.check_embeds(field)?;
         }
-        Ok(Decision {
-            max_rows: verbs
-                .iter()
-                .flat_map(|verb| self.granting(&plan.table, *verb))
-                .filter_map(|rule| rule.max_rows)
-                .min()
-                .map(u64::from),
+        let table = plan::table(schema, &plan.table)?;
+        let scope = self.scope(table, &verbs);
+        let write_guard = match (&plan.action, &scope) {
+            (Action::Insert(_) | Action::Update(_), Some(scope)) => Some(WriteGuard {
+                scope: scope.clone(),
+                role: self.role.to_owned(),
+            }),
+            _ => None,
+        };
+        let max_rows = verbs
+            .iter()
+            .flat_map(|verb| self.granting(&plan.table, *verb))
+            .filter_map(|rule| rule.max_rows)
+            .min()
+            .map(u64::from);
+        match &mut plan.action {
+            Action::Read(read) => read.filters.extend(scope),
+            Action::Update(update) => update.filters.extend(scope),
+            Action::Delete(filters) => filters.extend(scope),
+            Action::Insert(_) => {}
+        }
+        let fields = match &mut plan.action {
+            Action::Read(read) => Some(&mut read.fields),
+            _ => plan.returning.as_mut(),
+        };
+        let mut masks = MaskTree::default();
+        for field in fields.into_iter().flatten() {
+            self.bind_field(schema, &plan.table, field, &mut masks);
+        }
+        Ok(Governance {
+            max_rows,
+            write_guard,
+            masks: (!masks.is_empty()).then_some(masks),
         })
+    }
+
+    /// Adds the masks of one output field of `table` to `masks`, and binds embedded rows to
+    /// their own table's row filter, at every depth.
+    fn bind_field(&self, schema: &Schema, table: &str, field: &mut Field, masks: &mut MaskTree) {
+        match field {
+            Field::Column { key, column } => {
+                if let Some(mask) = self.mask(table, &column.name) {
+                    masks.mask(key.clone(), mask.clone());
+                }
+            }
+            Field::Embed {
+                key,
+                table: inner,
+                fields,
+                filters,
+                ..
+            } => {
+                let full = schema.tables.get(&inner.name).unwrap_or(inner);
+                filters.extend(self.scope(full, &[Verb::Read]));
+                let mut inner_masks = MaskTree::default();
+                for inner_field in fields {
+                    self.bind_field(schema, &inner.name, inner_field, &mut inner_masks);
+                }
+                masks.embed(key.clone(), inner_masks);
+            }
+        }
+    }
+
+    /// The rows of `table` the role reaches with all of `verbs` (reading always included), or
+    /// `None` when it reaches every row.
+    pub fn scope(&self, table: &Table, verbs: &[Verb]) -> Option<Filter> {
+        let mut verbs = verbs.to_vec();
+        verbs.push(Verb::Read);
+        verbs.sort_unstable();
+        verbs.dedup();
+        let mut required = Vec::new();
+        for verb in verbs {
+            let mut alternatives = Vec::new();
+            let mut unrestricted = false;
+            for rule in self.granting(&table.name, verb) {
+                if rule.row_filter.is_empty() {
+                    unrestricted = true;
+                    break;
+                }
+                alternatives.push(self.rule_rows(table, rule));
+            }
+            if !unrestricted {
+                required.push(Filter::Group {
+                    any: true,
+                    negated: false,
+                    members: alternatives,
+                });
+            }
+        }
+        (!required.is_empty()).then_some(Filter::Group {
+            any: false,
+            negated: false,
+            members: required,
+        })
+    }
+
+    /// The rows one rule reaches: all its predicates hold, or none when one cannot be evaluated.
+    fn rule_rows(&self, table: &Table, rule: &AccessRule) -> Filter {
+        let members: Option<Vec<Filter>> = rule
+            .row_filter
+            .iter()
+            .map(|predicate| predicate_filter(table, predicate, self.claims, self.role))
+            .collect();
+        Filter::Group {
+            any: members.is_none(),
+            negated: false,
+            members: members.unwrap_or_default(),
+        }
     }
 
     /// Embedded tables obey their own table's read rules, at every depth.
@@ -262,14 +408,114 @@ impl Access<'_> {
     }
 }
 
-/// Whether one rule shows `column`: an allow list names it (when there is one), no deny list
-/// names it, and no mask covers it (masked columns stay hidden until masks are enforced).
+/// Whether one rule shows `column`: an allow list names it (when there is one) and no deny list
+/// names it. A masked column is shown, disguised.
 fn rule_shows(rule: &AccessRule, column: &str) -> bool {
     let Some(fields) = &rule.fields else {
         return true;
     };
     let allowed = fields.allow.is_empty() || fields.allow.iter().any(|name| name == column);
-    allowed && !fields.deny.iter().any(|name| name == column) && !fields.mask.iter().any(|mask| mask.field == column)
+    allowed && !fields.deny.iter().any(|name| name == column)
+}
+
+fn rule_mask<'r>(rule: &'r AccessRule, column: &str) -> Option<&'r FieldMask> {
+    rule.fields.as_ref()?.mask.iter().find(|mask| mask.field == column)
+}
+
+/// One row-filter predicate as a checked filter for this caller, or `None` when it cannot be
+/// evaluated (which the caller treats as matching no row).
+fn predicate_filter(
+    table: &Table,
+    predicate: &RowPredicate,
+    claims: &Map<String, Value>,
+    role: &str,
+) -> Option<Filter> {
+    let value = match &predicate.value {
+        Some(value) => Some(substitute_claims(value, claims)?),
+        None => None,
+    };
+    let operand = match (predicate.op, value) {
+        (FilterOperator::Is, None | Some(Value::Null)) => Operand::Is(IsValue::Null),
+        (FilterOperator::Is, Some(Value::Bool(true))) => Operand::Is(IsValue::True),
+        (FilterOperator::Is, Some(Value::Bool(false))) => Operand::Is(IsValue::False),
+        (FilterOperator::Is, Some(Value::String(text))) => Operand::Is(match text.to_ascii_lowercase().as_str() {
+            "null" => IsValue::Null,
+            "true" => IsValue::True,
+            "false" => IsValue::False,
+            _ => return None,
+        }),
+        (FilterOperator::In, Some(Value::Array(items))) => {
+            Operand::List(items.iter().map(scalar_text).collect::<Option<_>>()?)
+        }
+        (FilterOperator::In, Some(item)) => Operand::List(vec![scalar_text(&item)?]),
+        (_, Some(value)) => Operand::Scalar(scalar_text(&value)?),
+        (_, None) => return None,
+    };
+    let condition = Condition::Predicate {
+        column: predicate.column.clone(),
+        negated: predicate.negate,
+        operator: predicate.op,
+        operand,
+    };
+    match plan::filters(table, &[condition]) {
+        Ok(mut filters) => filters.pop(),
+        Err(error) => {
+            tracing::debug!(role, table = %table.name, column = %predicate.column, %error, "a row-filter predicate cannot be evaluated for this caller; it matches no row");
+            None
+        }
+    }
+}
+
+/// `value` with its `{claims.<path>}` placeholders replaced from `claims`. A string that is one
+/// placeholder becomes the claim's value itself (a number stays a number, a list a list); inside
+/// longer text, a claim must be a string, number or boolean. A missing claim gives `None`.
+fn substitute_claims(value: &Value, claims: &Map<String, Value>) -> Option<Value> {
+    match value {
+        Value::String(text) => {
+            if let Some(path) = text.strip_prefix("{claims.").and_then(|rest| rest.strip_suffix('}'))
+                && !path.contains(['{', '}'])
+            {
+                return claim(claims, path).filter(|value| !value.is_null()).cloned();
+            }
+            let mut result = String::with_capacity(text.len());
+            let mut rest = text.as_str();
+            while let Some(start) = rest.find("{claims.") {
+                result.push_str(&rest[..start]);
+                let after = &rest[start + "{claims.".len()..];
+                let end = after.find('}')?;
+                result.push_str(&scalar_text(claim(claims, &after[..end])?)?);
+                rest = &after[end + 1..];
+            }
+            result.push_str(rest);
+            Some(Value::String(result))
+        }
+        Value::Array(items) => items
+            .iter()
+            .map(|item| substitute_claims(item, claims))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array),
+        other => Some(other.clone()),
+    }
+}
+
+/// The claim at a dotted path.
+fn claim<'c>(claims: &'c Map<String, Value>, path: &str) -> Option<&'c Value> {
+    let mut segments = path.split('.');
+    let mut current = claims.get(segments.next()?)?;
+    for segment in segments {
+        current = current.as_object()?.get(segment)?;
+    }
+    Some(current)
+}
+
+/// A scalar as the text a filter value is parsed from.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
+    }
 }
 
 /// The verbs a plan needs: an upsert that merges also updates.
@@ -305,11 +551,12 @@ mod tests {
     use crate::schema::{Column, ForeignKey, RelationKind, ValueKind};
 
     fn column(name: &str) -> Column {
+        let text = matches!(name, "name" | "email" | "phone");
         Column {
             name: name.into(),
-            db_type: "integer".into(),
+            db_type: if text { "text" } else { "integer" }.into(),
             cast_type: String::new(),
-            kind: ValueKind::Integer,
+            kind: if text { ValueKind::Text } else { ValueKind::Integer },
             nullable: true,
             default: None,
             generated: false,
@@ -380,7 +627,7 @@ mod tests {
     }
 
     #[test]
-    fn the_view_hides_unreadable_tables_denied_and_masked_columns_and_keys_through_them() {
+    fn the_view_hides_unreadable_tables_denied_columns_and_keys_through_them() {
         let policy = policy(json!([
             { "tables": ["cust*"], "verbs": ["read"], "fields": { "deny": ["email", "id"], "mask": [{ "field": "phone", "strategy": "null" }] } },
             { "tables": ["orders"], "verbs": ["read"], "fields": { "allow": ["id", "total"] } }
@@ -388,7 +635,11 @@ mod tests {
         let caller = caller();
         let view = policy.access(&caller).view(&schema());
         assert_eq!(view.tables.keys().collect::<Vec<_>>(), ["customers", "orders"]);
-        assert_eq!(columns(&view, "customers"), ["name"]);
+        assert_eq!(
+            columns(&view, "customers"),
+            ["name", "phone"],
+            "masked columns are shown, disguised"
+        );
         assert!(
             view.tables["customers"].primary_key.is_empty(),
             "a hidden key cannot address rows"
@@ -426,14 +677,14 @@ mod tests {
             forbidden.expect_err("update is not granted").to_string(),
             r#"role "clerk" may not update on table "customers""#
         );
-        let decision = access
-            .decide(&read_plan(&view, "customers", &[]).expect("plan"))
-            .expect("read granted");
-        assert_eq!(decision.max_rows, Some(5));
+        let mut plan = read_plan(&view, "customers", &[]).expect("plan");
+        let governance = access.govern(&schema(), &mut plan).expect("read granted");
+        assert_eq!(governance.max_rows, Some(5));
+        assert!(governance.write_guard.is_none() && governance.masks.is_none());
     }
 
     #[test]
-    fn decide_refuses_plans_made_against_the_full_schema() {
+    fn govern_refuses_plans_made_against_the_full_schema() {
         let policy = policy(json!([
             { "tables": ["customers", "orders"], "verbs": ["read"], "fields": { "deny": ["email"] } }
         ]));
@@ -446,24 +697,27 @@ mod tests {
             vec![("order", "email")],
             vec![("or", "(id.eq.1,email.is.null)")],
         ] {
-            let plan = read_plan(&full, "customers", &query).expect("plans against the full schema");
+            let mut plan = read_plan(&full, "customers", &query).expect("plans against the full schema");
             assert!(
-                matches!(access.decide(&plan), Err(ApiError::UnknownColumn { .. })),
+                matches!(access.govern(&full, &mut plan), Err(ApiError::UnknownColumn { .. })),
                 "{query:?}"
             );
         }
-        let embed = read_plan(&full, "orders", &[("select", "id,customers(email)")]).expect("plan");
-        assert!(matches!(access.decide(&embed), Err(ApiError::UnknownColumn { .. })));
-        let unreadable = read_plan(&full, "secrets", &[]).expect("plan");
-        assert!(matches!(access.decide(&unreadable), Err(ApiError::UnknownTable { .. })));
+        let mut embed = read_plan(&full, "orders", &[("select", "id,customers(email)")]).expect("plan");
+        assert!(matches!(
+            access.govern(&full, &mut embed),
+            Err(ApiError::UnknownColumn { .. })
+        ));
+        let mut unreadable = read_plan(&full, "secrets", &[]).expect("plan");
+        assert!(matches!(
+            access.govern(&full, &mut unreadable),
+            Err(ApiError::UnknownTable { .. })
+        ));
     }
 
     #[test]
-    fn rules_that_cannot_be_enforced_grant_nothing() {
-        let policy = policy(json!([
-            { "tables": ["customers"], "verbs": ["read"], "rowFilter": [{ "column": "id", "op": "eq", "value": 1 }] },
-            { "tables": ["[orders"], "verbs": ["read"] }
-        ]));
+    fn rules_whose_globs_do_not_parse_grant_nothing() {
+        let policy = policy(json!([{ "tables": ["[orders"], "verbs": ["read"] }]));
         let caller = caller();
         assert!(policy.access(&caller).view(&schema()).tables.is_empty());
         let stranger = Caller {
@@ -471,5 +725,141 @@ mod tests {
             ..caller
         };
         assert!(policy.access(&stranger).view(&schema()).tables.is_empty());
+    }
+
+    fn sql_of(filter: &Filter) -> (String, Vec<String>) {
+        let full = schema();
+        let statement = crate::sql::count_outside(
+            sluice_crds::dataapi::Engine::Sqlite,
+            &full.tables["customers"],
+            filter,
+            filter,
+        );
+        let binds = statement.binds.iter().map(|b| format!("{b:?}")).collect();
+        let text = statement.text;
+        let start = text.find("WHERE ").expect("where") + 6;
+        let end = text.find(" AND (CASE").expect("case");
+        (text[start..end].to_owned(), binds)
+    }
+
+    #[test]
+    fn row_filters_substitute_claims_add_up_across_rules_and_fail_closed() {
+        let policy = policy(json!([
+            { "tables": ["customers"], "verbs": ["read"], "rowFilter": [
+                { "column": "name", "op": "eq", "value": "{claims.team}-{claims.org.unit}" },
+                { "column": "id", "op": "in", "value": "{claims.ids}" }
+            ] },
+            { "tables": ["customers"], "verbs": ["read", "update"], "rowFilter": [
+                { "column": "phone", "op": "is", "value": null, "negate": true }
+            ] }
+        ]));
+        let mut caller = caller();
+        caller.claims = json!({ "team": "north", "org": { "unit": 7 }, "ids": [1, 2] })
+            .as_object()
+            .cloned()
+            .expect("object");
+        let access = policy.access(&caller);
+        let full = schema();
+        let customers = &full.tables["customers"];
+        let read = access.scope(customers, &[Verb::Read]).expect("filtered");
+        let (text, binds) = sql_of(&read);
+        assert_eq!(text, r#"((("name" = ? AND "id" IN (?, ?)) OR ("phone" IS NOT NULL)))"#);
+        assert_eq!(binds[..3], ["Text(\"north-7\")", "Integer(1)", "Integer(2)"]);
+        let update = access.scope(customers, &[Verb::Update]).expect("filtered");
+        let (text, _) = sql_of(&update);
+        assert!(
+            text.ends_with(r#"AND (("phone" IS NOT NULL)))"#),
+            "updates need the update rule's rows too: {text}"
+        );
+        caller.claims.remove("ids");
+        let access = policy.access(&caller);
+        let (text, _) = sql_of(&access.scope(customers, &[Verb::Read]).expect("filtered"));
+        assert_eq!(
+            text, r#"(((1 = 0) OR ("phone" IS NOT NULL)))"#,
+            "a missing claim matches no row"
+        );
+        caller.claims.insert("ids".into(), json!(["not a number"]));
+        let access = policy.access(&caller);
+        let (text, _) = sql_of(&access.scope(customers, &[Verb::Read]).expect("filtered"));
+        assert!(
+            text.starts_with("(((1 = 0) OR"),
+            "a claim that does not fit matches no row: {text}"
+        );
+        let open = self::policy(json!([{ "tables": ["customers"], "verbs": ["read"] }]));
+        assert!(
+            open.access(&caller).scope(customers, &[Verb::Read]).is_none(),
+            "no row filter reaches every row"
+        );
+    }
+
+    #[test]
+    fn govern_binds_reads_embeds_and_writes_to_the_row_filter() {
+        let policy = policy(json!([
+            { "tables": ["customers", "orders"], "verbs": ["read", "create", "update", "delete"], "rowFilter": [
+                { "column": "id", "op": "lt", "value": 100 }
+            ] }
+        ]));
+        let caller = caller();
+        let access = policy.access(&caller);
+        let full = schema();
+        let mut read = read_plan(&full, "customers", &[("select", "id,orders(id)")]).expect("plan");
+        let governance = access.govern(&full, &mut read).expect("granted");
+        assert!(governance.write_guard.is_none());
+        let Action::Read(read) = &read.action else {
+            panic!("read")
+        };
+        assert_eq!(read.filters.len(), 1, "the scope joins the plan's filters");
+        let Field::Embed { filters, .. } = &read.fields[1] else {
+            panic!("embed")
+        };
+        assert_eq!(filters.len(), 1, "embedded rows obey their own table's row filter");
+        let mut insert = Plan {
+            table: "customers".into(),
+            action: Action::Insert(plan::InsertPlan {
+                columns: Vec::new(),
+                rows: vec![Vec::new()],
+                upsert: None,
+            }),
+            returning: None,
+        };
+        let governance = access.govern(&full, &mut insert).expect("granted");
+        assert_eq!(governance.write_guard.expect("guarded").role, "clerk");
+    }
+
+    #[test]
+    fn masks_apply_when_every_showing_rule_masks_and_block_comparisons() {
+        let masked = json!({ "mask": [{ "field": "email", "strategy": "hash" }] });
+        let policy = policy(json!([
+            { "tables": ["customers"], "verbs": ["read"], "fields": masked },
+            { "tables": ["orders"], "verbs": ["read"] }
+        ]));
+        let caller = caller();
+        let access = policy.access(&caller);
+        let full = schema();
+        let mut plan = read_plan(&full, "orders", &[("select", "id,customers(renamed:email)")]).expect("plan");
+        let governance = access.govern(&full, &mut plan).expect("granted");
+        let mut row = json!({ "id": 1, "customers": { "renamed": "abc" } });
+        governance.masks.expect("masked").apply_to(&mut row);
+        assert_eq!(
+            row["customers"]["renamed"],
+            json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        for query in [
+            vec![("email", "eq.a")],
+            vec![("order", "email")],
+            vec![("or", "(email.is.null)")],
+        ] {
+            let mut plan = read_plan(&full, "customers", &query).expect("plan");
+            let refused = access.govern(&full, &mut plan);
+            assert!(
+                matches!(refused, Err(ApiError::MaskedColumn { .. })),
+                "{query:?}: {refused:?}"
+            );
+        }
+        let unmasked_too = self::policy(json!([
+            { "tables": ["customers"], "verbs": ["read"], "fields": masked },
+            { "tables": ["customers"], "verbs": ["read"] }
+        ]));
+        assert!(unmasked_too.access(&caller).mask("customers", "email").is_none());
     }
 }

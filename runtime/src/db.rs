@@ -1,5 +1,11 @@
-//! The database connection: one pool per engine behind one type, so everything above it is
+//! The database connection: pools per engine behind one type, so everything above it is
 //! engine-agnostic except the SQL text, which [`crate::sql`] writes per dialect.
+//!
+//! Reads never get a connection that can write: [`Database`] holds a reader pool whose sessions
+//! the engine itself keeps read-only (PostgreSQL `default_transaction_read_only`, MySQL
+//! `SET SESSION TRANSACTION READ ONLY`, SQLite `PRAGMA query_only`), so a bug in the SQL builder
+//! still cannot change data on a read path. Writes take a connection from the writer pool. Each
+//! pool opens up to `pool.maxConnections`, lazily, so a read-only workload never opens a writer.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -28,9 +34,16 @@ pub enum ConnectError {
     },
 }
 
+/// The reader and writer pools of one database.
+#[derive(Clone, Debug)]
+pub struct Database {
+    reader: Pool,
+    writer: Pool,
+}
+
 /// A connection pool to one of the supported engines.
 #[derive(Clone, Debug)]
-pub enum Database {
+pub enum Pool {
     /// PostgreSQL.
     Postgres(PgPool),
     /// MySQL or MariaDB.
@@ -124,11 +137,128 @@ macro_rules! execute_on {
 }
 
 impl Database {
-    /// Opens a pool. Connections are made lazily, so a database that is down at start only
-    /// delays readiness instead of failing the process.
+    /// Opens the reader and writer pools. Connections are made lazily, so a database that is
+    /// down at start only delays readiness instead of failing the process.
     pub fn connect(engine: Engine, url: &str, pool: &PoolSpec) -> Result<Self, ConnectError> {
+        Ok(Self {
+            reader: Pool::connect(engine, url, pool, Access::ReadOnly)?,
+            writer: Pool::connect(engine, url, pool, Access::ReadWrite)?,
+        })
+    }
+
+    /// The SQLite URL for a file path.
+    pub fn sqlite_url(path: &Path) -> String {
+        format!("sqlite://{}", path.display())
+    }
+
+    /// The engine behind the pools.
+    pub fn engine(&self) -> Engine {
+        match self.reader {
+            Pool::Postgres(_) => Engine::Postgres,
+            Pool::Mysql(_) => Engine::Mysql,
+            Pool::Sqlite(_) => Engine::Sqlite,
+        }
+    }
+
+    /// The read-only pool, for reads that are not SQL statements of ours (introspection).
+    pub fn reader(&self) -> &Pool {
+        &self.reader
+    }
+
+    /// Answers when the database accepts a trivial query.
+    pub async fn ping(&self) -> bool {
+        let result = match &self.reader {
+            Pool::Postgres(pool) => pool.execute("SELECT 1").await.map(|_| ()),
+            Pool::Mysql(pool) => pool.execute("SELECT 1").await.map(|_| ()),
+            Pool::Sqlite(pool) => pool.execute("SELECT 1").await.map(|_| ()),
+        };
+        result.is_ok()
+    }
+
+    /// Runs the read `statement` on a read-only connection and returns its first column, as
+    /// text, for every row.
+    pub async fn fetch_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
+        match &self.reader {
+            Pool::Postgres(pool) => fetch_strings_on!(pool, statement, bind_postgres),
+            Pool::Mysql(pool) => fetch_strings_on!(pool, statement, bind_mysql),
+            Pool::Sqlite(pool) => fetch_strings_on!(pool, statement, bind_sqlite),
+        }
+    }
+
+    /// Runs a `SELECT COUNT(*)`-shaped statement on a read-only connection.
+    pub async fn fetch_count(&self, statement: &Statement) -> Result<i64, ApiError> {
+        parse_count(self.fetch_strings(statement).await?)
+    }
+
+    /// Starts a read-write transaction.
+    pub async fn begin(&self) -> Result<Tx, ApiError> {
+        Ok(match &self.writer {
+            Pool::Postgres(pool) => Tx::Postgres(pool.begin().await.map_err(ApiError::from_database)?),
+            Pool::Mysql(pool) => Tx::Mysql(pool.begin().await.map_err(ApiError::from_database)?),
+            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin().await.map_err(ApiError::from_database)?),
+        })
+    }
+
+    /// Runs a script of statements without parameters (seeding a sample database).
+    pub async fn run_script(&self, script: &str) -> Result<(), sqlx::Error> {
+        let script = AssertSqlSafe(script.to_owned());
+        match &self.writer {
+            Pool::Postgres(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
+            Pool::Mysql(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
+            Pool::Sqlite(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
+        }
+    }
+
+    /// Connections open and idle, over both pools, and the most both may open.
+    pub fn pool_usage(&self) -> PoolUsage {
+        let mut usage = PoolUsage::default();
+        for pool in [&self.reader, &self.writer] {
+            let (size, idle, max) = match pool {
+                Pool::Postgres(pool) => (pool.size(), pool.num_idle(), pool.options().get_max_connections()),
+                Pool::Mysql(pool) => (pool.size(), pool.num_idle(), pool.options().get_max_connections()),
+                Pool::Sqlite(pool) => (pool.size(), pool.num_idle(), pool.options().get_max_connections()),
+            };
+            usage.open += u64::from(size);
+            usage.idle += idle as u64;
+            usage.max += u64::from(max);
+        }
+        usage
+    }
+}
+
+/// Connection counts of a [`Database`], for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections open.
+    pub open: u64,
+    /// Open connections not in use.
+    pub idle: u64,
+    /// Most connections the pools may open.
+    pub max: u64,
+}
+
+fn parse_count(values: Vec<Option<String>>) -> Result<i64, ApiError> {
+    let first = values.into_iter().next().flatten().unwrap_or_default();
+    first.parse().map_err(|_| {
+        tracing::error!(value = %first, "count query returned a non-number");
+        ApiError::Internal
+    })
+}
+
+/// Whether a pool's sessions may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Pool {
+    fn connect(engine: Engine, url: &str, pool: &PoolSpec, access: Access) -> Result<Self, ConnectError> {
         let acquire = Duration::from_millis(u64::from(pool.acquire_timeout_ms));
         let statement_timeout_ms = pool.statement_timeout_ms;
+        let read_only = access == Access::ReadOnly;
+        // The writer opens connections only when a write needs one.
+        let min_connections = if read_only { pool.min_connections } else { 0 };
         let invalid = |source| ConnectError::InvalidUrl {
             engine: engine.as_str(),
             source,
@@ -138,11 +268,15 @@ impl Database {
                 let options = PgConnectOptions::from_str(url).map_err(invalid)?.options([
                     ("statement_timeout", statement_timeout_ms.to_string()),
                     ("TimeZone", "UTC".to_owned()),
+                    (
+                        "default_transaction_read_only",
+                        if read_only { "on" } else { "off" }.to_owned(),
+                    ),
                 ]);
-                Database::Postgres(
+                Pool::Postgres(
                     PgPoolOptions::new()
                         .max_connections(pool.max_connections)
-                        .min_connections(pool.min_connections)
+                        .min_connections(min_connections)
                         .acquire_timeout(acquire)
                         .connect_lazy_with(options),
                 )
@@ -151,10 +285,10 @@ impl Database {
                 let options = MySqlConnectOptions::from_str(url)
                     .map_err(invalid)?
                     .timezone(Some("+00:00".to_owned()));
-                Database::Mysql(
+                Pool::Mysql(
                     MySqlPoolOptions::new()
                         .max_connections(pool.max_connections)
-                        .min_connections(pool.min_connections)
+                        .min_connections(min_connections)
                         .acquire_timeout(acquire)
                         .after_connect(move |connection, _| {
                             Box::pin(async move {
@@ -166,6 +300,9 @@ impl Database {
                                 if connection.execute(AssertSqlSafe(mariadb)).await.is_err() {
                                     let mysql = format!("SET SESSION max_execution_time = {statement_timeout_ms}");
                                     connection.execute(AssertSqlSafe(mysql)).await?;
+                                }
+                                if read_only {
+                                    connection.execute("SET SESSION TRANSACTION READ ONLY").await?;
                                 }
                                 Ok(())
                             })
@@ -180,78 +317,17 @@ impl Database {
                     // SQLite cannot cancel a running statement; waiting on a lock is bounded instead.
                     .busy_timeout(Duration::from_millis(u64::from(statement_timeout_ms)))
                     // PostgREST's `like` is case-sensitive; SQLite's is not unless told.
-                    .pragma("case_sensitive_like", "ON");
-                Database::Sqlite(
+                    .pragma("case_sensitive_like", "ON")
+                    .pragma("query_only", if read_only { "ON" } else { "OFF" });
+                Pool::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(pool.max_connections)
-                        .min_connections(pool.min_connections)
+                        .min_connections(min_connections)
                         .acquire_timeout(acquire)
                         .connect_lazy_with(options),
                 )
             }
         })
-    }
-
-    /// The SQLite URL for a file path.
-    pub fn sqlite_url(path: &Path) -> String {
-        format!("sqlite://{}", path.display())
-    }
-
-    /// The engine behind the pool.
-    pub fn engine(&self) -> Engine {
-        match self {
-            Database::Postgres(_) => Engine::Postgres,
-            Database::Mysql(_) => Engine::Mysql,
-            Database::Sqlite(_) => Engine::Sqlite,
-        }
-    }
-
-    /// Answers when the database accepts a trivial query.
-    pub async fn ping(&self) -> bool {
-        let result = match self {
-            Database::Postgres(pool) => pool.execute("SELECT 1").await.map(|_| ()),
-            Database::Mysql(pool) => pool.execute("SELECT 1").await.map(|_| ()),
-            Database::Sqlite(pool) => pool.execute("SELECT 1").await.map(|_| ()),
-        };
-        result.is_ok()
-    }
-
-    /// Runs `statement` and returns its first column, as text, for every row.
-    pub async fn fetch_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
-        match self {
-            Database::Postgres(pool) => fetch_strings_on!(pool, statement, bind_postgres),
-            Database::Mysql(pool) => fetch_strings_on!(pool, statement, bind_mysql),
-            Database::Sqlite(pool) => fetch_strings_on!(pool, statement, bind_sqlite),
-        }
-    }
-
-    /// Runs a `SELECT COUNT(*)`-shaped statement.
-    pub async fn fetch_count(&self, statement: &Statement) -> Result<i64, ApiError> {
-        let values = self.fetch_strings(statement).await?;
-        let first = values.into_iter().next().flatten().unwrap_or_default();
-        first.parse().map_err(|_| {
-            tracing::error!(value = %first, "count query returned a non-number");
-            ApiError::Internal
-        })
-    }
-
-    /// Starts a transaction.
-    pub async fn begin(&self) -> Result<Tx, ApiError> {
-        Ok(match self {
-            Database::Postgres(pool) => Tx::Postgres(pool.begin().await.map_err(ApiError::from_database)?),
-            Database::Mysql(pool) => Tx::Mysql(pool.begin().await.map_err(ApiError::from_database)?),
-            Database::Sqlite(pool) => Tx::Sqlite(pool.begin().await.map_err(ApiError::from_database)?),
-        })
-    }
-
-    /// Runs a script of statements without parameters (seeding a sample database).
-    pub async fn run_script(&self, script: &str) -> Result<(), sqlx::Error> {
-        let script = AssertSqlSafe(script.to_owned());
-        match self {
-            Database::Postgres(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
-            Database::Mysql(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
-            Database::Sqlite(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
-        }
     }
 }
 
@@ -263,6 +339,11 @@ impl Tx {
             Tx::Mysql(tx) => fetch_strings_on!(&mut **tx, statement, bind_mysql),
             Tx::Sqlite(tx) => fetch_strings_on!(&mut **tx, statement, bind_sqlite),
         }
+    }
+
+    /// Runs a `SELECT COUNT(*)`-shaped statement.
+    pub async fn fetch_count(&mut self, statement: &Statement) -> Result<i64, ApiError> {
+        parse_count(self.fetch_strings(statement).await?)
     }
 
     /// Runs `statement` and returns the number of rows it changed.

@@ -88,6 +88,28 @@ pub enum ApiError {
         /// The table.
         table: String,
     },
+    /// A filter, order or upsert key compares a column the role sees only masked.
+    #[error(
+        "role \"{role}\" sees column \"{column}\" of table \"{table}\" masked, so it cannot filter, order or match on it"
+    )]
+    MaskedColumn {
+        /// The caller's role.
+        role: String,
+        /// The table.
+        table: String,
+        /// The masked column.
+        column: String,
+    },
+    /// A write would leave, or touch, a row outside the role's row filter.
+    #[error("role \"{role}\" may not write this row of table \"{table}\": {reason}")]
+    OutsideRowFilter {
+        /// The caller's role.
+        role: String,
+        /// The table.
+        table: String,
+        /// Which rule refused, without the row's values.
+        reason: &'static str,
+    },
     /// No route matches the path.
     #[error("no endpoint at {path}")]
     NoSuchEndpoint {
@@ -184,7 +206,7 @@ impl ApiError {
             | Self::InvalidValue(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::MaskedColumn { .. } | Self::OutsideRowFilter { .. } => StatusCode::FORBIDDEN,
             Self::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::StatementTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -206,6 +228,8 @@ impl ApiError {
             Self::ReadOnly { .. } => "read_only",
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::Forbidden { .. } => "forbidden",
+            Self::MaskedColumn { .. } => "masked_column",
+            Self::OutsideRowFilter { .. } => "outside_row_filter",
             Self::RowNotFound { .. } => "not_found",
             Self::NoSuchEndpoint { .. } => "no_such_endpoint",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -235,6 +259,11 @@ impl ApiError {
             Self::Forbidden { .. } => {
                 Some("ask the operator of this API for a role whose rules grant this verb on this table".into())
             }
+            Self::MaskedColumn { .. } => Some("filter and order on columns the role sees unmasked".into()),
+            Self::OutsideRowFilter { .. } => Some(
+                "write only rows the role can read back: the role's row filter must hold before and after the write"
+                    .into(),
+            ),
             Self::FilterRequired { .. } => Some(
                 "add a filter such as ?id=eq.1; to change every row, filter on a column that matches all of them"
                     .into(),

@@ -3,11 +3,14 @@
 
 use sluice_crds::dataapi::Engine;
 
+use crate::authz::WriteGuard;
 use crate::db::{Database, Tx};
 use crate::error::ApiError;
-use crate::plan::{Action, Comparison, Field, Filter, Order, Plan, ReadPlan, UpdatePlan};
+use crate::plan::{Action, Comparison, Field, Filter, InsertPlan, Order, Plan, ReadPlan, UpdatePlan};
+use crate::schema::Column;
 use crate::schema::{Schema, Table};
 use crate::sql;
+use crate::sql::BindValue;
 use crate::value;
 
 /// What running a plan produced.
@@ -37,8 +40,16 @@ impl Outcome {
     }
 }
 
-/// Runs `plan` against `database`; `count` also counts every matching row of a read.
-pub async fn execute(database: &Database, schema: &Schema, plan: &Plan, count: bool) -> Result<Outcome, ApiError> {
+/// Runs `plan` against `database`; `count` also counts every matching row of a read. Reads run
+/// on read-only connections; writes in one transaction, which `guard` (the role's row filter,
+/// when it has one) checks before it commits.
+pub async fn execute(
+    database: &Database,
+    schema: &Schema,
+    plan: &Plan,
+    count: bool,
+    guard: Option<&WriteGuard>,
+) -> Result<Outcome, ApiError> {
     let engine = database.engine();
     let table = crate::plan::table(schema, &plan.table)?;
     let returning = plan.returning.as_deref();
@@ -58,18 +69,23 @@ pub async fn execute(database: &Database, schema: &Schema, plan: &Plan, count: b
         }
         Action::Insert(insert) => {
             let mut tx = database.begin().await?;
-            let outcome = write(
-                &mut tx,
-                &sql::insert(engine, table, insert, returning),
-                returning.is_some(),
-            )
-            .await?;
+            let outcome = match guard {
+                Some(guard) => guarded_insert(&mut tx, engine, table, insert, returning, guard).await?,
+                None => {
+                    write(
+                        &mut tx,
+                        &sql::insert(engine, table, insert, returning),
+                        returning.is_some(),
+                    )
+                    .await?
+                }
+            };
             tx.commit().await?;
             Ok(outcome)
         }
-        Action::Update(update) if engine == Engine::Mysql && returning.is_some() => {
+        Action::Update(update) if guard.is_some() || (engine == Engine::Mysql && returning.is_some()) => {
             let mut tx = database.begin().await?;
-            let outcome = mysql_update_returning(&mut tx, table, update, returning.unwrap_or_default()).await?;
+            let outcome = update_by_keys(&mut tx, engine, table, update, returning, guard).await?;
             tx.commit().await?;
             Ok(outcome)
         }
@@ -115,51 +131,133 @@ async fn write(tx: &mut Tx, statement: &sql::Statement, returning: bool) -> Resu
     }
 }
 
-/// MySQL has no `UPDATE … RETURNING`: lock and remember the keys, update, then read the rows
-/// back by their (possibly updated) keys, all in one transaction.
-async fn mysql_update_returning(
-    tx: &mut Tx,
-    table: &Table,
-    update: &UpdatePlan,
-    returning: &[Field],
-) -> Result<Outcome, ApiError> {
-    let engine = Engine::Mysql;
-    if table.primary_key.is_empty() {
-        let affected = tx.execute(&sql::update(engine, table, update, None)).await?;
-        let read = ReadPlan {
-            fields: returning.to_vec(),
-            filters: update.filters.clone(),
-            order: Vec::new(),
-            limit: affected,
-            offset: 0,
-        };
-        let rows = tx.fetch_strings(&sql::select(engine, table, &read)).await?;
-        return Ok(Outcome {
-            rows: rows.into_iter().flatten().collect(),
-            total: None,
-            affected,
-        });
+fn outside(guard: &WriteGuard, table: &Table, reason: &'static str) -> ApiError {
+    ApiError::OutsideRowFilter {
+        role: guard.role.clone(),
+        table: table.name.clone(),
+        reason,
     }
-    let keys = tx
-        .fetch_strings(&sql::keys_for_update(engine, table, &update.filters))
+}
+
+/// Refuses the write unless every row `written` selects meets the guard's scope.
+async fn check_inside(
+    tx: &mut Tx,
+    engine: Engine,
+    table: &Table,
+    written: &Filter,
+    guard: &WriteGuard,
+    reason: &'static str,
+) -> Result<(), ApiError> {
+    if tx
+        .fetch_count(&sql::count_outside(engine, table, written, &guard.scope))
+        .await?
+        > 0
+    {
+        return Err(outside(guard, table, reason));
+    }
+    Ok(())
+}
+
+/// An insert under a row filter: an upsert may only meet existing rows inside the filter, and
+/// every inserted row must be inside it; the rows are found again by their primary keys.
+async fn guarded_insert(
+    tx: &mut Tx,
+    engine: Engine,
+    table: &Table,
+    insert: &InsertPlan,
+    returning: Option<&[Field]>,
+    guard: &WriteGuard,
+) -> Result<Outcome, ApiError> {
+    if table.primary_key.is_empty() {
+        return Err(outside(guard, table, NO_KEY));
+    }
+    if let Some(upsert) = &insert.upsert
+        && let Some(existing) = conflicting_rows(insert, &upsert.conflict_columns)
+    {
+        check_inside(
+            tx,
+            engine,
+            table,
+            &existing,
+            guard,
+            "the upsert matches an existing row outside the role's row filter",
+        )
         .await?;
-    let affected = tx.execute(&sql::update(engine, table, update, None)).await?;
-    let mut row_filters = Vec::with_capacity(keys.len());
-    for key in keys.into_iter().flatten() {
-        let key: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&key).map_err(|error| {
+    }
+    let keys: Vec<String> = tx
+        .fetch_strings(&sql::insert(engine, table, insert, Some(&sql::key_fields(table))))
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    let written = keys_filter(table, &keys, &[])?;
+    check_inside(
+        tx,
+        engine,
+        table,
+        &written,
+        guard,
+        "an inserted row would not meet the role's row filter",
+    )
+    .await?;
+    let rows = match returning {
+        Some(fields) => read_back(tx, engine, table, fields, written, keys.len()).await?,
+        None => Vec::new(),
+    };
+    Ok(Outcome {
+        rows,
+        total: None,
+        affected: keys.len() as u64,
+    })
+}
+
+const NO_KEY: &str = "the table has no primary key, so rows written under a row filter cannot be checked";
+
+/// The existing rows an upsert's rows could collide with on `conflict_columns`.
+fn conflicting_rows(insert: &InsertPlan, conflict_columns: &[String]) -> Option<Filter> {
+    let positions: Option<Vec<usize>> = conflict_columns
+        .iter()
+        .map(|name| insert.columns.iter().position(|column| column.name == *name))
+        .collect();
+    let positions = positions?;
+    let members: Vec<Filter> = insert
+        .rows
+        .iter()
+        .map(|row| Filter::Group {
+            any: false,
+            negated: false,
+            members: positions
+                .iter()
+                .map(|&index| Filter::Compare {
+                    column: insert.columns[index].clone(),
+                    negated: false,
+                    operator: Comparison::Eq,
+                    values: vec![row[index].clone()],
+                })
+                .collect(),
+        })
+        .collect();
+    Some(Filter::Group {
+        any: true,
+        negated: false,
+        members,
+    })
+}
+
+/// Selects the rows with the given primary keys (JSON objects of text values), where
+/// `assignments` replaces a key column an update changed.
+fn keys_filter(table: &Table, keys: &[String], assignments: &[(Column, BindValue)]) -> Result<Filter, ApiError> {
+    let mut rows = Vec::with_capacity(keys.len());
+    for key in keys {
+        let key: serde_json::Map<String, serde_json::Value> = serde_json::from_str(key).map_err(|error| {
             tracing::error!(%error, "the database returned a key that is not a JSON object");
             ApiError::Internal
         })?;
         let mut members = Vec::with_capacity(table.primary_key.len());
         for name in &table.primary_key {
             let Some(column) = table.column(name) else { continue };
-            let assigned = update
-                .assignments
-                .iter()
-                .find(|(c, _)| c.name == *name)
-                .map(|(_, v)| v.clone());
-            let bound = match assigned {
-                Some(new_value) => new_value,
+            let bound = match assignments.iter().find(|(c, _)| c.name == *name) {
+                Some((_, new_value)) => new_value.clone(),
                 None => {
                     let text = match key.get(name) {
                         Some(serde_json::Value::String(text)) => text.clone(),
@@ -176,19 +274,28 @@ async fn mysql_update_returning(
                 values: vec![bound],
             });
         }
-        row_filters.push(Filter::Group {
+        rows.push(Filter::Group {
             any: false,
             negated: false,
             members,
         });
     }
-    if row_filters.is_empty() {
-        return Ok(Outcome {
-            rows: Vec::new(),
-            total: None,
-            affected,
-        });
-    }
+    Ok(Filter::Group {
+        any: true,
+        negated: false,
+        members: rows,
+    })
+}
+
+/// Reads written rows back in primary-key order.
+async fn read_back(
+    tx: &mut Tx,
+    engine: Engine,
+    table: &Table,
+    fields: &[Field],
+    rows: Filter,
+    count: usize,
+) -> Result<Vec<String>, ApiError> {
     let order = table
         .primary_key
         .iter()
@@ -198,21 +305,76 @@ async fn mysql_update_returning(
             nulls_first: false,
         })
         .collect();
-    let limit = row_filters.len() as u64;
     let read = ReadPlan {
-        fields: returning.to_vec(),
-        filters: vec![Filter::Group {
-            any: true,
-            negated: false,
-            members: row_filters,
-        }],
+        fields: fields.to_vec(),
+        filters: vec![rows],
         order,
-        limit,
+        limit: count as u64,
         offset: 0,
     };
-    let rows = tx.fetch_strings(&sql::select(engine, table, &read)).await?;
+    Ok(tx
+        .fetch_strings(&sql::select(engine, table, &read))
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// An update that finds its rows again afterwards by primary key: to return them on MySQL,
+/// which has no `UPDATE … RETURNING`, and to check them against a row filter. The rows are
+/// locked, their keys remembered, updated, then checked and read back, in one transaction.
+async fn update_by_keys(
+    tx: &mut Tx,
+    engine: Engine,
+    table: &Table,
+    update: &UpdatePlan,
+    returning: Option<&[Field]>,
+    guard: Option<&WriteGuard>,
+) -> Result<Outcome, ApiError> {
+    if table.primary_key.is_empty() {
+        if let Some(guard) = guard {
+            return Err(outside(guard, table, NO_KEY));
+        }
+        let affected = tx.execute(&sql::update(engine, table, update, None)).await?;
+        let read = ReadPlan {
+            fields: returning.unwrap_or_default().to_vec(),
+            filters: update.filters.clone(),
+            order: Vec::new(),
+            limit: affected,
+            offset: 0,
+        };
+        let rows = tx.fetch_strings(&sql::select(engine, table, &read)).await?;
+        return Ok(Outcome {
+            rows: rows.into_iter().flatten().collect(),
+            total: None,
+            affected,
+        });
+    }
+    let keys: Vec<String> = tx
+        .fetch_strings(&sql::keys_for_update(engine, table, &update.filters))
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    let affected = tx.execute(&sql::update(engine, table, update, None)).await?;
+    let written = keys_filter(table, &keys, &update.assignments)?;
+    if let Some(guard) = guard {
+        check_inside(
+            tx,
+            engine,
+            table,
+            &written,
+            guard,
+            "the update would move a row outside the role's row filter",
+        )
+        .await?;
+    }
+    let rows = match returning {
+        Some(fields) => read_back(tx, engine, table, fields, written, keys.len()).await?,
+        None => Vec::new(),
+    };
     Ok(Outcome {
-        rows: rows.into_iter().flatten().collect(),
+        rows,
         total: None,
         affected,
     })

@@ -7,7 +7,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use sluice_crds::config::DatabaseConfig;
 use sqlx::Row;
 
-use crate::db::Database;
+use crate::db::{Database, Pool};
 use crate::schema::{Column, ForeignKey, RelationKind, Schema, Table, ValueKind};
 
 /// Why the schema could not be read.
@@ -78,10 +78,10 @@ impl Exposure {
 /// Reads the exposed schema.
 pub async fn introspect(database: &Database, config: &DatabaseConfig) -> Result<Schema, IntrospectError> {
     let exposure = Exposure::new(config)?;
-    let tables = match database {
-        Database::Postgres(pool) => postgres(pool, &config.schemas).await?,
-        Database::Mysql(pool) => mysql(pool, &config.schemas).await?,
-        Database::Sqlite(pool) => sqlite(pool).await?,
+    let tables = match database.reader() {
+        Pool::Postgres(pool) => postgres(pool, &config.schemas).await?,
+        Pool::Mysql(pool) => mysql(pool, &config.schemas).await?,
+        Pool::Sqlite(pool) => sqlite(pool).await?,
     };
     let mut schema = Schema::default();
     for table in tables {

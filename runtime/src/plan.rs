@@ -48,6 +48,9 @@ pub enum Field {
         relationship: Relationship,
         /// Its fields.
         fields: Vec<Field>,
+        /// Conditions every embedded row must meet besides the relationship: the caller's row
+        /// filter on the related table, set by [`crate::authz`].
+        filters: Vec<Filter>,
     },
 }
 
@@ -236,6 +239,16 @@ impl Plan {
                 columns.push(column.name.as_str());
             }
         }
+        columns.extend(self.columns_compared());
+        columns.sort_unstable();
+        columns.dedup();
+        columns
+    }
+
+    /// Columns the caller filters or orders on: comparing a column reveals its values even when
+    /// the column is never returned.
+    pub fn columns_compared(&self) -> Vec<&str> {
+        let mut columns = Vec::new();
         for filter in self.filters() {
             filter.collect_columns(&mut columns);
         }
@@ -325,6 +338,7 @@ pub fn fields(schema: &Schema, table: &Table, items: &[SelectItem]) -> Result<Ve
                     table: Box::new(inner.clone()),
                     relationship,
                     fields: self::fields(schema, inner, items)?,
+                    filters: Vec::new(),
                 });
             }
         }

@@ -171,7 +171,11 @@ impl Builder {
                     table,
                     relationship,
                     fields,
-                } => pairs.push((key.clone(), self.embedded(table, relationship, fields, qualifier))),
+                    filters,
+                } => pairs.push((
+                    key.clone(),
+                    self.embedded(table, relationship, fields, filters, qualifier),
+                )),
             }
         }
         self.object_of(pairs)
@@ -249,17 +253,22 @@ impl Builder {
         inner: &Table,
         relationship: &Relationship,
         fields: &[Field],
+        filters: &[Filter],
         outer_alias: Option<&str>,
     ) -> String {
         let alias = self.next_alias();
         let object = self.object(fields, Some(&alias));
+        let also: String = filters
+            .iter()
+            .map(|filter| format!(" AND {}", self.filter(filter, Some(&alias))))
+            .collect();
         let from = format!("{} AS {}", self.table_ref(inner), self.ident(&alias));
         match relationship {
             Relationship::ToOne {
                 outer,
                 inner: inner_columns,
             } => {
-                let on = self.join_condition(&alias, inner_columns, outer_alias, outer);
+                let on = self.join_condition(&alias, inner_columns, outer_alias, outer) + &also;
                 let select = format!("(SELECT {object} FROM {from} WHERE {on} LIMIT 1)");
                 match self.engine {
                     // SQLite forgets that a value is JSON when it leaves a subquery.
@@ -271,7 +280,7 @@ impl Builder {
                 outer,
                 inner: inner_columns,
             } => {
-                let on = self.join_condition(&alias, inner_columns, outer_alias, outer);
+                let on = self.join_condition(&alias, inner_columns, outer_alias, outer) + &also;
                 let order = inner
                     .primary_key
                     .iter()
@@ -459,6 +468,20 @@ pub fn count(engine: Engine, table: &Table, filters: &[Filter]) -> Statement {
     builder.finish(format!("SELECT {count} FROM {from}{filters}"))
 }
 
+/// Counts the rows matching `within` that do not meet `scope`. A row where `scope` is NULL (a
+/// comparison with NULL) counts as outside: only rows the scope clearly admits are inside.
+pub fn count_outside(engine: Engine, table: &Table, within: &Filter, scope: &Filter) -> Statement {
+    let mut builder = Builder::new(engine);
+    let within = builder.filter(within, None);
+    let scope = builder.filter(scope, None);
+    let count = builder.as_text("COUNT(*)".to_owned());
+    let text = format!(
+        "SELECT {count} FROM {} WHERE {within} AND (CASE WHEN {scope} THEN 0 ELSE 1 END) = 1",
+        builder.table_ref(table)
+    );
+    builder.finish(text)
+}
+
 /// An insert (or upsert), optionally returning the written rows.
 pub fn insert(engine: Engine, table: &Table, plan: &InsertPlan, returning: Option<&[Field]>) -> Statement {
     let mut builder = Builder::new(engine);
@@ -559,10 +582,9 @@ pub fn delete(engine: Engine, table: &Table, filters: &[Filter], returning: Opti
     builder.finish(text)
 }
 
-/// The primary key of each row matching `filters`, as a JSON object, locking the rows.
-pub fn keys_for_update(engine: Engine, table: &Table, filters: &[Filter]) -> Statement {
-    let mut builder = Builder::new(engine);
-    let fields: Vec<Field> = table
+/// The primary-key columns as output fields rendered as text, so any key type reads back exactly.
+pub fn key_fields(table: &Table) -> Vec<Field> {
+    table
         .primary_key
         .iter()
         .filter_map(|name| table.column(name))
@@ -573,8 +595,13 @@ pub fn keys_for_update(engine: Engine, table: &Table, filters: &[Filter]) -> Sta
                 ..column.clone()
             },
         })
-        .collect();
-    let object = builder.object(&fields, None);
+        .collect()
+}
+
+/// The primary key of each row matching `filters`, as a JSON object, locking the rows.
+pub fn keys_for_update(engine: Engine, table: &Table, filters: &[Filter]) -> Statement {
+    let mut builder = Builder::new(engine);
+    let object = builder.object(&key_fields(table), None);
     let object = builder.as_text(object);
     let filters = builder.where_clause(filters, None);
     let lock = if engine == Engine::Sqlite { "" } else { " FOR UPDATE" };

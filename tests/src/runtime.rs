@@ -1,9 +1,9 @@
 //! Runs the Sluice runtime in-process over a fresh fixture database per test, on PostgreSQL,
 //! MariaDB and SQLite, and talks HTTP/1.1 to it over a real socket.
 //!
-//! The fixture DataApi has three roles ([`ROLES`]): `admin` (everything, with a key), `clerk`
-//! (narrowed by deny and allow lists, with a key) and the anonymous `visitor` (an allow list and
-//! `maxRows: 1`). Keys are generated per fixture; [`TestApi::call`] sends the admin's.
+//! The fixture DataApi has four roles ([`ROLES`]): `admin` (everything, with a key), `clerk`
+//! (narrowed by deny and allow lists, with a key), the anonymous `visitor` (an allow list and
+//! `maxRows: 1`) and `tenant` (row filters and masks, with a key). Keys are generated per fixture; [`TestApi::call`] sends the admin's.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -94,6 +94,24 @@ spec:
       verbs: [read]
       fields: { allow: [id, name] }
       maxRows: 1
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: tenant, namespace: test }
+spec:
+  dataApis: [fixture]
+  rules:
+    - tables: [customers]
+      verbs: [read, create, update, delete]
+      fields:
+        mask:
+          - { field: email, strategy: keepLast, keepLast: 11 }
+          - { field: balance, strategy: fixed, with: hidden }
+      rowFilter: [{ column: vip, op: is, value: false }]
+    - tables: [orders]
+      verbs: [read, create, update, delete]
+      rowFilter: [{ column: total, op: gt, value: 20 }]
+  apiKeys: [{ name: app }]
 ";
 
 /// The statement timeout of every fixture API; the `slow` view takes longer.

@@ -968,6 +968,9 @@ enum Who {
     Stranger,
     /// A bearer token, which this DataApi does not accept.
     Bearer,
+    /// `tenant`: customers that are not VIPs, with email shown by its last 11 characters and
+    /// balance as "hidden"; orders over 20 (read, create, update, delete on both).
+    Tenant,
 }
 
 /// One attempt: what is sent, and the status plus error code or body that must come back.
@@ -981,6 +984,7 @@ struct Attempt {
     code: Option<&'static str>,
     expect: Option<Value>,
     message: Option<&'static str>,
+    headers: Vec<(&'static str, &'static str)>,
 }
 
 fn attempt(name: &'static str, who: Who, method: &'static str, path: &'static str, status: u16) -> Attempt {
@@ -994,6 +998,7 @@ fn attempt(name: &'static str, who: Who, method: &'static str, path: &'static st
         code: None,
         expect: None,
         message: None,
+        headers: vec![REPRESENTATION],
     }
 }
 
@@ -1024,10 +1029,14 @@ impl Attempt {
         self.message = Some(message);
         self
     }
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
 }
 
 fn bypass_attempts() -> Vec<Attempt> {
-    use Who::{Bearer, Clerk, Nobody, Stranger};
+    use Who::{Bearer, Clerk, Nobody, Stranger, Tenant};
     let ada = json!({"id":1,"name":"Ada","vip":true,"joined_at":"2024-01-02T03:04:05","profile":{"tier":"gold","tags":[1,2]}});
     let brian = json!({"id":2,"name":"Brian","vip":false,"joined_at":"2024-02-03T04:05:06","profile":null});
     vec![
@@ -1261,7 +1270,63 @@ fn bypass_attempts() -> Vec<Attempt> {
         )
         .with_body(json!({"name":"Brian"}))
         .expect(brian),
+        attempt(
+            "row filter: reads see only rows inside it, masked fields disguised",
+            Tenant,
+            "GET",
+            "/customers?select=id,email,balance",
+            200,
+        )
+        .expect(json!([{"id":2,"email":null,"balance":"hidden"},{"id":3,"email":"******example.com","balance":"hidden"}])),
+        attempt("row filter: a filter cannot reach outside it", Tenant, "GET", "/customers?id=eq.1", 200).expect(json!([])),
+        attempt("row filter: or= cannot reach outside it", Tenant, "GET", "/customers?select=id&or=(id.eq.1,vip.is.true)", 200).expect(json!([])),
+        refused("row filter: a row outside it does not exist", Tenant, "GET", "/customers/1", 404, "not_found"),
+        refused("mask: filter on a masked field", Tenant, "GET", "/customers?email=like.ada*", 403, "masked_column")
+            .saying(r#"role "tenant" sees column "email" of table "customers" masked, so it cannot filter, order or match on it"#),
+        refused("mask: order on a masked field", Tenant, "GET", "/customers?order=balance.desc", 403, "masked_column"),
+        refused("mask: or= over a masked field", Tenant, "GET", "/customers?or=(email.is.null,id.eq.3)", 403, "masked_column"),
+        refused("mask: upsert matching on a masked field", Tenant, "POST", "/customers?on_conflict=email", 403, "masked_column")
+            .with_header("Prefer", "resolution=merge-duplicates")
+            .with_body(json!({"id":3,"name":"Chloe","email":"chloe@example.com"})),
+        attempt("row filter: update outside it changes nothing", Tenant, "PATCH", "/customers?id=eq.1", 200)
+            .with_body(json!({"name":"Mallory"}))
+            .expect(json!([])),
+        refused("row filter: update by key outside it", Tenant, "PATCH", "/customers/1", 404, "not_found")
+            .with_body(json!({"name":"Mallory"})),
+        refused("row filter: delete by key outside it", Tenant, "DELETE", "/customers/1", 404, "not_found"),
+        attempt("row filter: delete by filter outside it deletes nothing", Tenant, "DELETE", "/customers?vip=is.true", 200)
+            .expect(json!([])),
+        refused("row filter: insert a row that violates it", Tenant, "POST", "/customers", 403, "outside_row_filter")
+            .with_body(json!({"id":9,"name":"Eve","vip":true}))
+            .saying(r#"role "tenant" may not write this row of table "customers": an inserted row would not meet the role's row filter"#),
+        refused("row filter: insert many, one violating", Tenant, "POST", "/customers", 403, "outside_row_filter")
+            .with_body(json!([{"id":9,"name":"Eve","vip":false},{"id":10,"name":"Eve","vip":true}])),
+        refused("row filter: an update that moves a row out of it", Tenant, "PATCH", "/customers/2", 403, "outside_row_filter")
+            .with_body(json!({"vip":true})),
+        refused("row filter: an update by filter that moves rows out", Tenant, "PATCH", "/orders?id=eq.12", 403, "outside_row_filter")
+            .with_body(json!({"total":1})),
+        refused("row filter: PUT over a row outside it", Tenant, "PUT", "/customers/1", 403, "outside_row_filter")
+            .with_body(json!({"id":1,"name":"Ada","vip":false})),
+        refused("row filter: upsert over a row outside it", Tenant, "POST", "/customers", 403, "outside_row_filter")
+            .with_header("Prefer", "resolution=merge-duplicates")
+            .with_body(json!({"id":1,"name":"Ada","vip":false})),
+        refused("row filter: ignore-duplicates over a row outside it", Tenant, "POST", "/customers", 403, "outside_row_filter")
+            .with_header("Prefer", "resolution=ignore-duplicates")
+            .with_body(json!({"id":1,"name":"Ada","vip":false})),
+        attempt("row filter: embedded rows obey their own table's filter", Tenant, "GET", "/orders?select=id,customers(id,name)", 200)
+            .expect(json!([{"id":10,"customers":null},{"id":12,"customers":{"id":2,"name":"Brian"}}])),
+        attempt("row filter: embedded arrays obey their own table's filter", Tenant, "GET", "/customers?select=id,orders(id,total)", 200)
+            .expect(json!([{"id":2,"orders":[{"id":12,"total":42.42}]},{"id":3,"orders":[]}])),
+        refused("an embedded table the role cannot read", Tenant, "GET", "/orders?select=id,order_items(product)", 404, "unknown_table"),
     ]
+}
+
+/// Values a caller must never receive, by who calls.
+fn secrets(who: Who) -> &'static [&'static str] {
+    match who {
+        Who::Tenant => &["ada@example.com", "1250.5", "Ada", "chloe@", "0.1", "99.9", "15.00"],
+        _ => &["ada@example.com", "1250.5"],
+    }
 }
 
 async fn send(
@@ -1275,6 +1340,7 @@ async fn send(
     match who {
         Who::Nobody => api.call_as(None, method, path, headers, body).await,
         Who::Clerk => api.call_as(Some(api.key("clerk")), method, path, headers, body).await,
+        Who::Tenant => api.call_as(Some(api.key("tenant")), method, path, headers, body).await,
         Who::Stranger => {
             let key = sluice_crds::generate_api_key();
             api.call_as(Some(&key), method, path, headers, body).await
@@ -1300,13 +1366,12 @@ async fn roles_cannot_be_bypassed(engine: Engine) {
     let mut failures = Vec::new();
     for attempt in bypass_attempts() {
         let body = attempt.body.as_ref().map(Value::to_string);
-        let headers = [REPRESENTATION];
         let reply = send(
             &api,
             attempt.who,
             attempt.method,
             attempt.path,
-            &headers,
+            &attempt.headers,
             body.as_deref(),
         )
         .await;
@@ -1333,10 +1398,7 @@ async fn roles_cannot_be_bypassed(engine: Engine) {
         if reply.status == 401 && reply.header("www-authenticate") != Some("ApiKey header=\"X-API-Key\"") {
             problems.push(format!("WWW-Authenticate: {:?}", reply.header("www-authenticate")));
         }
-        if ["ada@example.com", "1250.5"]
-            .iter()
-            .any(|secret| reply.body.contains(secret))
-        {
+        if secrets(attempt.who).iter().any(|secret| reply.body.contains(secret)) {
             problems.push("a denied value leaked".into());
         }
         if !problems.is_empty() {
@@ -1349,6 +1411,21 @@ async fn roles_cannot_be_bypassed(engine: Engine) {
                 problems.join("; ")
             ));
         }
+    }
+    let counted = send(
+        &api,
+        Who::Tenant,
+        "GET",
+        "/customers?select=id&limit=1",
+        &[("Prefer", "count=exact")],
+        None,
+    )
+    .await;
+    if counted.header("content-range") != Some("0-0/2") {
+        failures.push(format!(
+            "count=exact counts rows outside the row filter: Content-Range {:?}",
+            counted.header("content-range")
+        ));
     }
     let after = snapshot(&api).await;
 

@@ -410,7 +410,8 @@ impl AuditLog {
 }
 
 impl AuditWriter {
-    /// Writes every record queued before this call, flushes, and stops the task.
+    /// Writes every record queued before this call, flushes, and stops the task. Records sent
+    /// through remaining [`AuditLog`] handles once the task has stopped go to the `tracing` log.
     pub async fn close(self) -> Result<(), AuditError> {
         // Fails only when the task already ended, which awaiting it reports.
         let _ = self.sender.send(Message::Close);
@@ -425,7 +426,7 @@ async fn write_lines(
     let mut output = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
     let mut failures = Failures::default();
     let mut line = Vec::with_capacity(1024);
-    'receive: while let Some(mut message) = receiver.recv().await {
+    while let Some(mut message) = receiver.recv().await {
         loop {
             match message {
                 Message::Record(record) => {
@@ -433,7 +434,8 @@ async fn write_lines(
                         failures.note(output.write_all(&line).await);
                     }
                 }
-                Message::Close => break 'receive,
+                // Later sends fail and are logged by `record`; those already queued are written.
+                Message::Close => receiver.close(),
             }
             match receiver.try_recv() {
                 Ok(queued) => message = queued,
@@ -442,7 +444,6 @@ async fn write_lines(
         }
         failures.note(output.flush().await);
     }
-    failures.note(output.flush().await);
     failures.into_result()
 }
 
@@ -659,6 +660,18 @@ mod tests {
             }),
             "the body is dropped: bodies are not enabled"
         );
+    }
+
+    #[tokio::test]
+    async fn records_after_close_stay_out_of_the_closed_output() {
+        let output = SharedBuffer::default();
+        let (log, writer) = AuditLog::start(output.clone());
+        log.record(record(1));
+        writer.close().await.unwrap();
+        log.record(record(2));
+        let text = output.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("\"req-1\""), "{text}");
     }
 
     #[tokio::test]

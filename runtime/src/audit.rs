@@ -345,15 +345,6 @@ pub struct AuditWriter {
     task: JoinHandle<Result<(), AuditError>>,
 }
 
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Record(record) => f.debug_tuple("Record").field(&record.request_id).finish(),
-            Self::Close => f.write_str("Close"),
-        }
-    }
-}
-
 impl AuditLog {
     /// Starts the task writing lines to `writer` (the runtime's stdout) on the current Tokio
     /// runtime. The handle records without bodies; see [`AuditLog::configured`].

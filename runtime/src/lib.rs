@@ -21,6 +21,7 @@
 //!   order so offset paging is stable.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod config;
@@ -30,10 +31,12 @@ pub mod error;
 pub mod execute;
 pub mod introspect;
 pub mod mask;
+pub mod metrics;
 pub mod openapi;
 pub mod pipeline;
 pub mod plan;
 pub mod query;
+pub mod ratelimit;
 pub mod rest;
 pub mod schema;
 pub mod server;

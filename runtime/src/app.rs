@@ -5,36 +5,122 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use sluice_crds::RuntimeConfig;
 use tracing::Instrument;
 
-use crate::auth::Caller;
+use crate::audit::AuditLog;
 use crate::authz::Policy;
 use crate::db::Database;
 use crate::error::ApiError;
+use crate::gate::{self, Call};
 use crate::introspect::introspect;
+use crate::metrics::{Metrics, PoolStats};
+use crate::ratelimit::RateLimiter;
 use crate::schema::Schema;
 use crate::{docs, openapi, rest};
 
 /// Response header carrying the request id that also appears in every log line of the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// State shared by every request.
-pub struct AppState {
+/// One generation of the configuration, with everything compiled from it. Requests take the
+/// current generation once and use it throughout, so a reload never mixes two generations in
+/// one request, and requests in flight finish on the one they started with.
+pub struct Live {
     /// The resolved configuration.
     pub config: RuntimeConfig,
     /// The config's roles, compiled.
     pub policy: Policy,
+    /// The audit log as this config wants it (on or off, with or without bodies).
+    pub audit: AuditLog,
+}
+
+/// State shared by every request.
+pub struct AppState {
+    live: RwLock<Arc<Live>>,
     /// The database.
     pub database: Database,
+    /// Request, rate-limit, authentication and reload counters.
+    pub metrics: Metrics,
+    /// Token buckets per caller.
+    pub limiter: RateLimiter,
+    audit: AuditLog,
     schema: RwLock<Option<Arc<Schema>>>,
 }
 
 impl AppState {
+    /// The current configuration generation.
+    pub fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(live) => live.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn compile(&self, config: RuntimeConfig) -> Live {
+        Live {
+            policy: Policy::compile(&config.roles),
+            audit: self.audit.configured(&config.audit),
+            config,
+        }
+    }
+
+    /// Makes `config` current for every request that starts from now on. What only a restart
+    /// can change (the database connection, the REST base path, whether REST or MCP is served
+    /// and where) keeps its old value, with a warning naming it; the operator rolls the pods
+    /// for those changes. A change of exposed schemas or tables reloads the schema.
+    pub async fn apply(&self, mut config: RuntimeConfig) {
+        let previous = self.live();
+        let old = &previous.config;
+        let needs_restart: Vec<&str> = [
+            (
+                "database connection",
+                old.database.engine != config.database.engine
+                    || old.database.url_env != config.database.url_env
+                    || old.database.path != config.database.path
+                    || old.database.pool != config.database.pool,
+            ),
+            (
+                "rest.basePath or rest.enabled",
+                old.rest.base_path != config.rest.base_path || old.rest.enabled != config.rest.enabled,
+            ),
+            (
+                "mcp.path or mcp.enabled",
+                old.mcp.path != config.mcp.path || old.mcp.enabled != config.mcp.enabled,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(what, changed)| changed.then_some(what))
+        .collect();
+        if !needs_restart.is_empty() {
+            tracing::warn!(unchanged = ?needs_restart, "the new config changes settings that apply only at restart; they keep their old values until the pod restarts");
+            config.database.engine = old.database.engine;
+            config.database.url_env.clone_from(&old.database.url_env);
+            config.database.path.clone_from(&old.database.path);
+            config.database.pool = old.database.pool.clone();
+            config.rest.base_path.clone_from(&old.rest.base_path);
+            config.rest.enabled = old.rest.enabled;
+            config.mcp.path.clone_from(&old.mcp.path);
+            config.mcp.enabled = old.mcp.enabled;
+        }
+        let exposure_changed = old.database.schemas != config.database.schemas
+            || old.database.include != config.database.include
+            || old.database.exclude != config.database.exclude;
+        let live = Arc::new(self.compile(config));
+        match self.live.write() {
+            Ok(mut current) => *current = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+        self.metrics.record_reload(true);
+        tracing::info!("configuration reloaded");
+        if exposure_changed && let Err(error) = self.reload_schema().await {
+            tracing::warn!(%error, "schema reload after the config change failed; keeping the previous schema");
+        }
+    }
+
     /// The loaded schema, or 503 while it is not.
     pub fn schema(&self) -> Result<Arc<Schema>, ApiError> {
         self.schema
@@ -50,7 +136,7 @@ impl AppState {
 
     /// Reads the schema from the database and makes it current.
     pub async fn reload_schema(&self) -> Result<(), crate::introspect::IntrospectError> {
-        let schema = introspect(&self.database, &self.config.database).await?;
+        let schema = introspect(&self.database, &self.live().config.database).await?;
         tracing::info!(tables = schema.tables.len(), "schema loaded");
         if let Ok(mut current) = self.schema.write() {
             *current = Some(Arc::new(schema));
@@ -68,12 +154,18 @@ pub struct App {
 }
 
 /// Builds the application and starts loading the schema in the background: the process serves
-/// `/healthz` at once and reports ready once the schema is loaded.
-pub fn build_app(config: RuntimeConfig, database: Database) -> App {
+/// `/healthz` at once and reports ready once the schema is loaded. Audit lines go to `audit`.
+pub fn build_app(config: RuntimeConfig, database: Database, audit: AuditLog) -> App {
     let state = Arc::new(AppState {
-        policy: Policy::compile(&config.roles),
-        config,
+        live: RwLock::new(Arc::new(Live {
+            policy: Policy::compile(&config.roles),
+            audit: audit.configured(&config.audit),
+            config,
+        })),
         database,
+        metrics: Metrics::default(),
+        limiter: RateLimiter::new(),
+        audit,
         schema: RwLock::new(None),
     });
     tokio::spawn(keep_schema_loaded(state.clone()));
@@ -90,7 +182,7 @@ async fn keep_schema_loaded(state: Arc<AppState>) {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
-    if let Some(seconds) = state.config.database.schema_refresh_seconds {
+    if let Some(seconds) = state.live().config.database.schema_refresh_seconds {
         let mut interval = tokio::time::interval(Duration::from_secs(u64::from(seconds)));
         interval.tick().await;
         loop {
@@ -107,14 +199,14 @@ pub fn base_path(config: &RuntimeConfig) -> String {
     config.rest.base_path.trim_end_matches('/').to_owned()
 }
 
-/// All routes over `state`.
+/// All routes over `state`. Everything but health and metrics passes the [`gate`]:
+/// authentication, rate limiting, audit and request metrics.
 pub fn router(state: Arc<AppState>) -> Router {
-    let base = base_path(&state.config);
-    let mut router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz));
-    if state.config.rest.enabled {
-        router = router
+    let live = state.live();
+    let base = base_path(&live.config);
+    let mut governed = Router::new().route("/_admin/refresh", post(admin_refresh));
+    if live.config.rest.enabled {
+        governed = governed
             .route(&format!("{base}/openapi.json"), get(openapi_document))
             .route(&format!("{base}/docs"), get(docs_page))
             .route(
@@ -132,7 +224,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                     .delete(rest::delete_row),
             );
     }
-    router
+    let governed = governed.route_layer(middleware::from_fn_with_state(state.clone(), gate::gate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(governed)
         .fallback(|uri: Uri| async move {
             ApiError::NoSuchEndpoint {
                 path: uri.path().to_owned(),
@@ -148,12 +245,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The id of a request, in its extensions for the audit line.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
 /// Gives every request an id (response header and log span) and logs its outcome.
 async fn request_context(request: Request, next: Next) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let span =
         tracing::info_span!("request", id = %request_id, method = %request.method(), path = %request.uri().path());
     let started = Instant::now();
+    let mut request = request;
+    request.extensions_mut().insert(RequestId(request_id.clone()));
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| {
         tracing::info!(
@@ -182,16 +285,49 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     (status, body).into_response()
 }
 
+/// Prometheus metrics of this process.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let usage = state.database.pool_usage();
+    let clamp = |value: u64| u32::try_from(value).unwrap_or(u32::MAX);
+    let body = state.metrics.render(PoolStats {
+        in_use: clamp(usage.open.saturating_sub(usage.idle)),
+        idle: clamp(usage.idle),
+        max: clamp(usage.max),
+    });
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+}
+
+/// `POST /_admin/refresh`: reads the schema again now, for roles marked `admin`.
+async fn admin_refresh(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
+    if !call
+        .live
+        .config
+        .roles
+        .get(&call.caller.role)
+        .is_some_and(|role| role.admin)
+    {
+        return Err(ApiError::NotAdmin {
+            role: call.caller.role.clone(),
+        });
+    }
+    state.reload_schema().await.map_err(|error| {
+        tracing::warn!(%error, "schema refresh requested by an admin failed");
+        ApiError::Unavailable
+    })?;
+    let tables = state.schema()?.tables.len();
+    Ok(axum::Json(serde_json::json!({ "refreshed": true, "tables": tables })).into_response())
+}
+
 /// The OpenAPI document as the caller's role sees the API.
-async fn openapi_document(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+async fn openapi_document(State(state): State<Arc<AppState>>, call: Call) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let document = openapi::document(&state.config, &schema, &state.policy.access(&caller));
+    let document = openapi::document(&call.live.config, &schema, &call.access());
     Ok(axum::Json(document).into_response())
 }
 
 /// The docs page as the caller's role sees the API.
-async fn docs_page(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Html<String>, ApiError> {
+async fn docs_page(State(state): State<Arc<AppState>>, call: Call) -> Result<Html<String>, ApiError> {
     let schema = state.schema()?;
-    let document = openapi::document(&state.config, &schema, &state.policy.access(&caller));
+    let document = openapi::document(&call.live.config, &schema, &call.access());
     Ok(Html(docs::render(&document)))
 }

@@ -837,6 +837,7 @@ mod tests {
                     key: "id".into(),
                     column: column("id"),
                 }],
+                filters: vec![],
             });
             Plan {
                 table: "customers".into(),

@@ -5,14 +5,9 @@
 //! names one. Credentials that are present but not accepted are always 401: a caller with a
 //! wrong or revoked key never silently becomes anonymous.
 
-use std::sync::Arc;
-
-use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
-use axum::http::request::Parts;
 use sluice_crds::config::{ApiKeyEntry, AuthConfig};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 
 /// The caller id of requests served under the anonymous role.
@@ -96,14 +91,6 @@ fn fixed_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(difference) == 0
-}
-
-impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        authenticate(&state.config.auth, &state.config.api_keys, &parts.headers)
-    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,20 @@ pub enum ApiError {
         /// Which rule refused, without the row's values.
         reason: &'static str,
     },
+    /// The caller used up its rate limit.
+    #[error("role \"{role}\": rate limit reached; retry in {retry_after_seconds} s")]
+    RateLimited {
+        /// The caller's role, whose limit applies.
+        role: String,
+        /// Seconds until a request will be accepted.
+        retry_after_seconds: u64,
+    },
+    /// An administrative endpoint called by a role without `admin: true`.
+    #[error("role \"{role}\" may not call administrative endpoints")]
+    NotAdmin {
+        /// The caller's role.
+        role: String,
+    },
     /// No route matches the path.
     #[error("no endpoint at {path}")]
     NoSuchEndpoint {
@@ -206,7 +220,11 @@ impl ApiError {
             | Self::InvalidValue(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } | Self::MaskedColumn { .. } | Self::OutsideRowFilter { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. }
+            | Self::MaskedColumn { .. }
+            | Self::OutsideRowFilter { .. }
+            | Self::NotAdmin { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::StatementTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -229,6 +247,8 @@ impl ApiError {
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::Forbidden { .. } => "forbidden",
             Self::MaskedColumn { .. } => "masked_column",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::NotAdmin { .. } => "not_admin",
             Self::OutsideRowFilter { .. } => "outside_row_filter",
             Self::RowNotFound { .. } => "not_found",
             Self::NoSuchEndpoint { .. } => "no_such_endpoint",
@@ -260,6 +280,10 @@ impl ApiError {
                 Some("ask the operator of this API for a role whose rules grant this verb on this table".into())
             }
             Self::MaskedColumn { .. } => Some("filter and order on columns the role sees unmasked".into()),
+            Self::RateLimited { .. } => {
+                Some("wait as Retry-After says; the RateLimit headers of every response show what is left".into())
+            }
+            Self::NotAdmin { .. } => Some("call it with a key of a role that has admin: true".into()),
             Self::OutsideRowFilter { .. } => Some(
                 "write only rows the role can read back: the role's row filter must hold before and after the write"
                     .into(),
@@ -313,6 +337,10 @@ fn classify_sqlstate(code: &str, message: &str) -> ApiError {
     ApiError::Internal
 }
 
+/// The stable code of an error response, in its extensions for the audit line.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -327,6 +355,15 @@ impl IntoResponse for ApiError {
             "hint": self.hint(),
         });
         let mut response = (status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        if let Self::RateLimited {
+            retry_after_seconds, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

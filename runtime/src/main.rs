@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use sluice_runtime::audit::AuditLog;
 use sluice_runtime::auth::Caller;
 use sluice_runtime::config::{self, DatabaseLocation, Loaded};
 use sluice_runtime::db::Database;
-use sluice_runtime::{app, build_app, server};
+use sluice_runtime::{app, build_app, reload, server};
 
 /// Serves a database as a governed REST API.
 #[derive(Parser, Debug)]
@@ -90,12 +91,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
-    let app = build_app(loaded.config.clone(), database);
+    let (audit, audit_writer) = AuditLog::start(tokio::io::stdout());
+    let app = build_app(loaded.config.clone(), database, audit);
+    if let Some(file) = &args.config {
+        tokio::spawn(reload::follow_config_file(app.state.clone(), file.clone()));
+    }
     let examples = examples(&app, &loaded).await;
     print_banner(&loaded, address, &examples);
-    server::serve(listener, app.router, server::shutdown_signal())
-        .await
-        .map_err(|error| format!("server failed: {error}"))
+    let served = server::serve(listener, app.router, server::shutdown_signal()).await;
+    if let Err(error) = audit_writer.close().await {
+        tracing::error!(%error, "the audit log could not be flushed at shutdown");
+    }
+    served.map_err(|error| format!("server failed: {error}"))
 }
 
 async fn open_database(loaded: &Loaded, seed_sql: Option<&std::path::Path>) -> Result<Database, String> {
@@ -160,15 +167,16 @@ async fn examples(app: &sluice_runtime::App, loaded: &Loaded) -> Examples {
     let Some(schema) = schema else {
         return Examples::default();
     };
+    let live = state.live();
     let readable = |role: &str| -> Vec<String> {
         let caller = Caller {
             id: role.to_owned(),
             role: role.to_owned(),
             claims: Default::default(),
         };
-        state.policy.access(&caller).view(&schema).tables.into_keys().collect()
+        live.policy.access(&caller).view(&schema).tables.into_keys().collect()
     };
-    let anonymous: Vec<String> = state
+    let anonymous: Vec<String> = live
         .config
         .auth
         .anonymous_role

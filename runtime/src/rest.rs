@@ -9,12 +9,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use sluice_crds::RuntimeConfig;
 use sluice_crds::apirole::Verb;
 
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::audit::redact_body;
 use crate::error::ApiError;
 use crate::execute::Outcome;
+use crate::gate::Call;
 use crate::pipeline;
 use crate::plan::{self, Action, Field, Paging, Plan, Upsert};
 use crate::query::{ReadQuery, parse_query};
@@ -87,10 +89,10 @@ fn apply_range(headers: &HeaderMap, query: &mut ReadQuery) -> Result<(), ApiErro
     Ok(())
 }
 
-fn paging(state: &AppState) -> Paging {
+fn paging(config: &RuntimeConfig) -> Paging {
     Paging {
-        default_page_size: u64::from(state.config.rest.default_page_size),
-        max_page_size: u64::from(state.config.rest.max_page_size),
+        default_page_size: u64::from(config.rest.default_page_size),
+        max_page_size: u64::from(config.rest.max_page_size),
     }
 }
 
@@ -136,18 +138,18 @@ fn single_object(outcome: &Outcome) -> Result<Response, ApiError> {
 /// `GET /{table}`
 pub async fn read_rows(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    call: Call,
     Path(table_name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let access = state.policy.access(&caller);
+    let access = call.access();
     let view = access.view(&schema);
     let table = plan::table(&view, &table_name)?;
     let mut query = query_pairs(&uri)?;
     apply_range(&headers, &mut query)?;
-    let read = plan::read(&view, table, &query, paging(&state))?;
+    let read = plan::read(&view, table, &query, paging(&call.live.config))?;
     let offset = read.offset;
     let plan = Plan {
         table: table.name.clone(),
@@ -169,16 +171,16 @@ pub async fn read_rows(
 /// `GET /{table}/{key}`
 pub async fn read_row(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    call: Call,
     Path((table_name, key)): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let access = state.policy.access(&caller);
+    let access = call.access();
     let view = access.view(&schema);
     let table = plan::table(&view, &table_name)?;
     let query = query_pairs(&uri)?;
-    let mut read = plan::read(&view, table, &query, paging(&state))?;
+    let mut read = plan::read(&view, table, &query, paging(&call.live.config))?;
     read.filters.extend(plan::primary_key_filters(table, &key)?);
     read.limit = 1;
     read.offset = 0;
@@ -197,8 +199,8 @@ pub async fn read_row(
     }
 }
 
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<plan::BodyRows, ApiError> {
-    let limit = state.config.rest.max_body_bytes;
+async fn read_body(call: &Call, headers: &HeaderMap, body: Body) -> Result<plan::BodyRows, ApiError> {
+    let limit = call.live.config.rest.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -210,6 +212,22 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         .await
         .map_err(|_| ApiError::PayloadTooLarge { limit })?;
     plan::body_rows(&bytes)
+}
+
+/// Notes the request body for the audit line when the DataApi records bodies, with every value
+/// the role may not write, or sees only masked, redacted.
+fn note_body(call: &Call, writable: &Table, rows: &plan::BodyRows) {
+    if !call.live.audit.includes_bodies() {
+        return;
+    }
+    let Ok(mut body) = serde_json::to_value(rows) else {
+        return;
+    };
+    let access = call.access();
+    redact_body(&mut body, &|key| {
+        writable.column(key).is_some() && access.mask(&writable.name, key).is_none()
+    });
+    pipeline::note(|facts| facts.body = Some(body));
 }
 
 /// Fields to return from a write, when the client asked for them.
@@ -253,14 +271,14 @@ fn write_response(status: StatusCode, outcome: &Outcome, returned: bool, single:
 /// `POST /{table}`: insert one object or an array; upsert with `Prefer: resolution=…`.
 pub async fn create_rows(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    call: Call,
     Path(table_name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let access = state.policy.access(&caller);
+    let access = call.access();
     let view = access.view(&schema);
     let table = plan::table(&view, &table_name)?;
     let preferences = Preferences::from_headers(&headers);
@@ -270,9 +288,10 @@ pub async fn create_rows(
         &[Verb::Create]
     };
     let writable = access.writable(table, verbs)?;
-    plan::check_writable(table, state.config.database.read_only)?;
+    plan::check_writable(table, call.live.config.database.read_only)?;
     let query = query_pairs(&uri)?;
-    let rows = read_body(&state, &headers, body).await?;
+    let rows = read_body(&call, &headers, body).await?;
+    note_body(&call, &writable, &rows);
     let mut insert = plan::insert(&writable, &rows, &query.columns)?;
     for name in &query.on_conflict {
         if table.column(name).is_none() {
@@ -313,14 +332,14 @@ pub async fn create_rows(
 /// `PATCH /{table}?filters`: updates every matching row; a filter is required.
 pub async fn update_rows(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    call: Call,
     Path(table_name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let access = state.policy.access(&caller);
+    let access = call.access();
     let view = access.view(&schema);
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Update])?;
@@ -331,10 +350,11 @@ pub async fn update_rows(
             table: table.name.clone(),
         });
     }
-    plan::check_writable(table, state.config.database.read_only)?;
+    plan::check_writable(table, call.live.config.database.read_only)?;
     let filters = plan::filters(table, &query.filters)?;
     let preferences = Preferences::from_headers(&headers);
-    let rows = read_body(&state, &headers, body).await?;
+    let rows = read_body(&call, &headers, body).await?;
+    note_body(&call, &writable, &rows);
     let update = plan::UpdatePlan {
         assignments: plan::assignments(&writable, &rows)?,
         filters,
@@ -353,13 +373,13 @@ pub async fn update_rows(
 /// `DELETE /{table}?filters`: deletes every matching row; a filter is required.
 pub async fn delete_rows(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    call: Call,
     Path(table_name): Path<String>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let access = state.policy.access(&caller);
+    let access = call.access();
     let view = access.view(&schema);
     let table = plan::table(&view, &table_name)?;
     access.require(&table.name, &[Verb::Delete])?;
@@ -370,7 +390,7 @@ pub async fn delete_rows(
             table: table.name.clone(),
         });
     }
-    plan::check_writable(table, state.config.database.read_only)?;
+    plan::check_writable(table, call.live.config.database.read_only)?;
     let filters = plan::filters(table, &query.filters)?;
     let preferences = Preferences::from_headers(&headers);
     let returning = returning(&view, table, &query, &preferences)?;
@@ -400,22 +420,23 @@ fn row_response(outcome: Outcome, returned: bool, table: &Table, key: String) ->
 /// `PATCH /{table}/{key}`
 pub async fn update_row(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    call: Call,
     Path((table_name, key)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let access = state.policy.access(&caller);
+    let access = call.access();
     let view = access.view(&schema);
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Update])?;
-    plan::check_writable(table, state.config.database.read_only)?;
+    plan::check_writable(table, call.live.config.database.read_only)?;
     let query = query_pairs(&uri)?;
     let filters = plan::primary_key_filters(table, &key)?;
     let preferences = Preferences::from_headers(&headers);
-    let rows = read_body(&state, &headers, body).await?;
+    let rows = read_body(&call, &headers, body).await?;
+    note_body(&call, &writable, &rows);
     let update = plan::UpdatePlan {
         assignments: plan::assignments(&writable, &rows)?,
         filters,
@@ -434,23 +455,24 @@ pub async fn update_row(
 /// `PUT /{table}/{key}`: creates or replaces the row with that key.
 pub async fn replace_row(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    call: Call,
     Path((table_name, key)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let access = state.policy.access(&caller);
+    let access = call.access();
     let view = access.view(&schema);
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Create, Verb::Update])?;
-    plan::check_writable(table, state.config.database.read_only)?;
+    plan::check_writable(table, call.live.config.database.read_only)?;
     let query = query_pairs(&uri)?;
     // Checks the key's shape and types before the body is read.
     plan::primary_key_filters(table, &key)?;
     let preferences = Preferences::from_headers(&headers);
-    let mut rows = read_body(&state, &headers, body).await?;
+    let mut rows = read_body(&call, &headers, body).await?;
+    note_body(&call, &writable, &rows);
     let [row] = rows.as_mut_slice() else {
         return Err(ApiError::InvalidBody("PUT takes one JSON object".into()));
     };
@@ -495,17 +517,17 @@ pub async fn replace_row(
 /// `DELETE /{table}/{key}`
 pub async fn delete_row(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    call: Call,
     Path((table_name, key)): Path<(String, String)>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
-    let access = state.policy.access(&caller);
+    let access = call.access();
     let view = access.view(&schema);
     let table = plan::table(&view, &table_name)?;
     access.require(&table.name, &[Verb::Delete])?;
-    plan::check_writable(table, state.config.database.read_only)?;
+    plan::check_writable(table, call.live.config.database.read_only)?;
     let query = query_pairs(&uri)?;
     let filters = plan::primary_key_filters(table, &key)?;
     let preferences = Preferences::from_headers(&headers);

@@ -1,17 +1,21 @@
 //! Serving the router on a socket, with graceful shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use axum::Router;
 use tokio::net::TcpListener;
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+/// Handlers see the peer address (anonymous callers are rate limited per address).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Completes on ctrl-c or SIGTERM.

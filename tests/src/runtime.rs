@@ -3,13 +3,16 @@
 //!
 //! The fixture DataApi has four roles ([`ROLES`]): `admin` (everything, with a key), `clerk`
 //! (narrowed by deny and allow lists, with a key), the anonymous `visitor` (an allow list and
-//! `maxRows: 1`) and `tenant` (row filters and masks, with a key). Keys are generated per fixture; [`TestApi::call`] sends the admin's.
+//! `maxRows: 1`), `tenant` (row filters and masks, with a key) and `metered` (reads customers,
+//! rate limited to a burst of 5 and one request a second, with two keys). Keys are generated per fixture; [`TestApi::call`] sends the admin's.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::Value;
 use sluice_crds::dataapi::Engine;
+use sluice_runtime::AppState;
+use sluice_runtime::audit::{AuditLog, AuditWriter};
 use sluice_runtime::db::Database;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -112,6 +115,17 @@ spec:
       verbs: [read, create, update, delete]
       rowFilter: [{ column: total, op: gt, value: 20 }]
   apiKeys: [{ name: app }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: metered, namespace: test }
+spec:
+  dataApis: [fixture]
+  rules:
+    - tables: [customers]
+      verbs: [read]
+  rateLimit: { requestsPerMinute: 60, burst: 5 }
+  apiKeys: [{ name: one }, { name: two }]
 ";
 
 /// The statement timeout of every fixture API; the `slow` view takes longer.
@@ -157,6 +171,12 @@ pub struct TestApi {
     cleanup: Cleanup,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The running runtime's state.
+    pub state: std::sync::Arc<AppState>,
+    /// The config it started with.
+    pub config: sluice_crds::RuntimeConfig,
+    audit_writer: Option<AuditWriter>,
+    audit_path: std::path::PathBuf,
 }
 
 enum Cleanup {
@@ -201,7 +221,8 @@ fn manifest(
         for key in &role.spec.api_keys {
             let plaintext = sluice_crds::generate_api_key();
             hashes.insert_plaintext(&name, &key.name, &plaintext);
-            keys.insert(name.clone(), plaintext);
+            keys.entry(name.clone()).or_insert_with(|| plaintext.clone());
+            keys.insert(format!("{name}/{}", key.name), plaintext);
         }
     }
     let config = sluice_crds::resolve(&data_api, &roles, &hashes).expect("fixture DataApi resolves");
@@ -276,7 +297,12 @@ pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
         }
     };
     let database = Database::connect(engine, &url, &config.database.pool).expect("database URL parses");
-    let app = sluice_runtime::build_app(config, database);
+    let audit_path = std::env::temp_dir().join(format!("{}-audit.jsonl", unique_name()));
+    let audit_file = tokio::fs::File::create(&audit_path)
+        .await
+        .expect("create the audit log file");
+    let (audit, audit_writer) = AuditLog::start(audit_file);
+    let app = sluice_runtime::build_app(config.clone(), database, audit);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
     let address = listener.local_addr().expect("local address");
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
@@ -291,6 +317,10 @@ pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
         cleanup,
         shutdown: Some(shutdown),
         server,
+        state: app.state,
+        config,
+        audit_writer: Some(audit_writer),
+        audit_path,
     };
     api.wait_ready().await;
     api
@@ -317,7 +347,7 @@ impl TestApi {
         request(self.address, "GET", path, &[], None).await
     }
 
-    /// The API key of `role` (`admin` or `clerk`).
+    /// The API key of `role`, or of `role/key name`.
     pub fn key(&self, role: &str) -> &str {
         self.keys
             .get(role)
@@ -355,8 +385,21 @@ impl TestApi {
             .unwrap_or_else(|e| panic!("the server task failed: {e}"))
     }
 
+    /// Shuts the server down, flushes the audit log and returns its lines, parsed.
+    pub async fn audit_lines(&mut self) -> Vec<Value> {
+        self.shut_down().await.expect("graceful shutdown");
+        if let Some(writer) = self.audit_writer.take() {
+            writer.close().await.expect("the audit log flushes");
+        }
+        let text = std::fs::read_to_string(&self.audit_path).expect("read the audit log");
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("audit line {line:?} is not JSON: {e}")))
+            .collect()
+    }
+
     /// Drops the fixture database.
     pub async fn cleanup(self) {
+        let _ = std::fs::remove_file(&self.audit_path);
         match self.cleanup {
             Cleanup::Postgres { url, schema } => {
                 if let Ok(db) = Database::connect(Engine::Postgres, &url, &Default::default()) {

@@ -1,0 +1,165 @@
+//! The gate every governed request passes, whatever it asks for: take the current config
+//! generation, authenticate, rate limit, run the handler, then count it and write its audit line.
+//!
+//! Handlers receive the outcome as a [`Call`] (the caller and the generation it was
+//! authenticated under), so they never authenticate again and never see a half-applied reload.
+//! What the handler learned (table, verb, query shape, rows) reaches the audit line through
+//! [`pipeline::observed`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+
+use crate::app::{AppState, Live, RequestId};
+use crate::audit::{AuditRecord, Transport};
+use crate::auth::{ANONYMOUS_CALLER, Caller, authenticate};
+use crate::authz::Access;
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{AuthFailure, RequestOutcome};
+use crate::pipeline::{self, CallFacts};
+use crate::ratelimit::RateDecision;
+
+/// An authenticated, rate-limited call: who calls, under which config generation.
+#[derive(Clone)]
+pub struct Call {
+    /// The config generation the call runs under, start to finish.
+    pub live: Arc<Live>,
+    /// Who calls.
+    pub caller: Caller,
+}
+
+impl Call {
+    /// What the caller's role may do.
+    pub fn access(&self) -> Access<'_> {
+        self.live.policy.access(&self.caller)
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Call {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Call>().cloned().ok_or_else(|| {
+            tracing::error!("a governed handler ran without passing the gate");
+            ApiError::Internal
+        })
+    }
+}
+
+/// Authenticates and rate limits the request, runs it, then records metrics and the audit line.
+pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let live = state.live();
+    let mut record = AuditRecord::new(
+        Utc::now(),
+        request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default(),
+        Transport::Rest,
+        request.method().to_string(),
+    );
+    record.path = Some(request.uri().path().to_owned());
+    let caller = match authenticate(&live.config.auth, &live.config.api_keys, request.headers()) {
+        Ok(caller) => caller,
+        Err(error) => {
+            state
+                .metrics
+                .record_auth_failure(auth_failure(request.headers(), &live));
+            let response = error.into_response();
+            finish(&state, &live, record, CallFacts::default(), &response, started);
+            return response;
+        }
+    };
+    record.caller = Some(caller.id.clone());
+    record.role = Some(caller.role.clone());
+    let decision = live
+        .config
+        .roles
+        .get(&caller.role)
+        .and_then(|role| role.rate_limit)
+        .map(|limit| state.limiter.check(&bucket(&caller, &request), &limit));
+    if let Some(decision) = decision.as_ref().filter(|decision| !decision.allowed) {
+        state.metrics.record_rate_limited(&caller.role);
+        let mut response = ApiError::RateLimited {
+            role: caller.role.clone(),
+            retry_after_seconds: decision.retry_after.map_or(1, |wait| wait.as_secs().max(1)),
+        }
+        .into_response();
+        merge_headers(&mut response, decision);
+        finish(&state, &live, record, CallFacts::default(), &response, started);
+        return response;
+    }
+    request.extensions_mut().insert(Call {
+        live: live.clone(),
+        caller,
+    });
+    let (mut response, facts) = pipeline::observed(next.run(request)).await;
+    if let Some(decision) = &decision {
+        merge_headers(&mut response, decision);
+    }
+    finish(&state, &live, record, facts, &response, started);
+    response
+}
+
+/// The rate-limit bucket: the caller's id, and for anonymous callers also their address, so
+/// one anonymous client cannot use up everyone's allowance.
+fn bucket(caller: &Caller, request: &Request) -> String {
+    if caller.id != ANONYMOUS_CALLER {
+        return caller.id.clone();
+    }
+    match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(address)) => format!("{ANONYMOUS_CALLER}@{}", address.ip()),
+        None => ANONYMOUS_CALLER.to_owned(),
+    }
+}
+
+fn merge_headers(response: &mut Response, decision: &RateDecision) {
+    response.headers_mut().extend(decision.headers());
+}
+
+/// Which kind of credentials failed, for the metric's bounded `reason` label.
+fn auth_failure(headers: &HeaderMap, live: &Live) -> AuthFailure {
+    if headers.contains_key(live.config.auth.api_key_header.as_str()) {
+        return AuthFailure::InvalidKey;
+    }
+    match headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()) {
+        Some(value) if value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ") => AuthFailure::InvalidToken,
+        Some(_) => AuthFailure::UnsupportedScheme,
+        None => AuthFailure::Missing,
+    }
+}
+
+/// Counts the request and queues its audit line.
+fn finish(
+    state: &AppState,
+    live: &Live,
+    mut record: AuditRecord,
+    facts: CallFacts,
+    response: &Response,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state.metrics.record_request(&RequestOutcome {
+        transport: Transport::Rest,
+        table: facts.table.as_deref(),
+        verb: facts.verb,
+        status,
+        rows: facts.rows,
+        duration: elapsed,
+    });
+    record.status = status;
+    record.duration_ms = elapsed.as_secs_f64() * 1000.0;
+    record.error = response.extensions().get::<ErrorCode>().map(|code| code.0);
+    facts.into_record(&mut record);
+    live.audit.record(record);
+}

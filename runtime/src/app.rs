@@ -17,6 +17,7 @@ use crate::authz::Policy;
 use crate::db::Database;
 use crate::error::ApiError;
 use crate::introspect::introspect;
+use crate::jwt::JwtVerifier;
 use crate::schema::Schema;
 use crate::{docs, openapi, rest};
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub policy: Policy,
     /// The database.
     pub database: Database,
+    /// Verifies bearer tokens; `None` without `auth.jwt`, or when it could not be set up.
+    pub jwt: Option<JwtVerifier>,
     schema: RwLock<Option<Arc<Schema>>>,
 }
 
@@ -70,8 +73,14 @@ pub struct App {
 /// Builds the application and starts loading the schema in the background: the process serves
 /// `/healthz` at once and reports ready once the schema is loaded.
 pub fn build_app(config: RuntimeConfig, database: Database) -> App {
+    let jwt = config.auth.jwt.as_ref().and_then(|jwt| {
+        JwtVerifier::new(jwt)
+            .inspect_err(|error| tracing::error!(%error, "JWT verification cannot be set up; bearer tokens will fail"))
+            .ok()
+    });
     let state = Arc::new(AppState {
         policy: Policy::compile(&config.roles),
+        jwt,
         config,
         database,
         schema: RwLock::new(None),

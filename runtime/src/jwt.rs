@@ -176,7 +176,7 @@ impl JwtError {
             Self::MissingClaim("iss") => "the token has no issuer (iss claim)",
             Self::MissingClaim("aud") => "the token has no audience (aud claim)",
             Self::MissingClaim("sub") => "the token has no subject (sub claim)",
-            Self::MissingClaim(_) => "the token lacks a claim this API requires (exp, iss, aud and sub are)",
+            Self::MissingClaim(_) => "the token lacks a claim this API requires",
             Self::InvalidTimeClaim => "the token's exp or nbf claim is not a number of seconds",
             Self::UnknownKey => "the token's signing key (kid) is not one the identity provider publishes",
             Self::KeyIdRequired => "the token names no signing key (kid) and the identity provider publishes several",

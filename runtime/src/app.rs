@@ -18,6 +18,7 @@ use crate::db::Database;
 use crate::error::ApiError;
 use crate::gate::{self, Call};
 use crate::introspect::introspect;
+use crate::jwt::{JwtSetupError, JwtVerifier};
 use crate::metrics::{Metrics, PoolStats};
 use crate::ratelimit::RateLimiter;
 use crate::schema::Schema;
@@ -36,6 +37,28 @@ pub struct Live {
     pub policy: Policy,
     /// The audit log as this config wants it (on or off, with or without bodies).
     pub audit: AuditLog,
+    /// Verifies bearer tokens, when the config sets `auth.jwt`.
+    pub jwt: Option<Arc<JwtVerifier>>,
+}
+
+impl Live {
+    /// Compiles `config`. The token verifier (and its cached key set) carries over from
+    /// `previous` when the JWT settings did not change.
+    fn compile(config: RuntimeConfig, audit: &AuditLog, previous: Option<&Live>) -> Result<Self, JwtSetupError> {
+        let jwt = match (&config.auth.jwt, previous) {
+            (Some(settings), Some(previous)) if previous.config.auth.jwt.as_ref() == Some(settings) => {
+                previous.jwt.clone()
+            }
+            (Some(settings), _) => Some(Arc::new(JwtVerifier::new(settings)?)),
+            (None, _) => None,
+        };
+        Ok(Self {
+            policy: Policy::compile(&config.roles),
+            audit: audit.configured(&config.audit),
+            jwt,
+            config,
+        })
+    }
 }
 
 /// State shared by every request.
@@ -60,19 +83,12 @@ impl AppState {
         }
     }
 
-    fn compile(&self, config: RuntimeConfig) -> Live {
-        Live {
-            policy: Policy::compile(&config.roles),
-            audit: self.audit.configured(&config.audit),
-            config,
-        }
-    }
-
     /// Makes `config` current for every request that starts from now on. What only a restart
     /// can change (the database connection, the REST base path, whether REST or MCP is served
     /// and where) keeps its old value, with a warning naming it; the operator rolls the pods
-    /// for those changes. A change of exposed schemas or tables reloads the schema.
-    pub async fn apply(&self, mut config: RuntimeConfig) {
+    /// for those changes. A change of exposed schemas or tables reloads the schema. A config
+    /// whose JWT settings cannot be used is refused and the current one stays.
+    pub async fn apply(&self, mut config: RuntimeConfig) -> Result<(), JwtSetupError> {
         let previous = self.live();
         let old = &previous.config;
         let needs_restart: Vec<&str> = [
@@ -109,7 +125,13 @@ impl AppState {
         let exposure_changed = old.database.schemas != config.database.schemas
             || old.database.include != config.database.include
             || old.database.exclude != config.database.exclude;
-        let live = Arc::new(self.compile(config));
+        let live = match Live::compile(config, &self.audit, Some(&previous)) {
+            Ok(live) => Arc::new(live),
+            Err(error) => {
+                self.metrics.record_reload(false);
+                return Err(error);
+            }
+        };
         match self.live.write() {
             Ok(mut current) => *current = live,
             Err(poisoned) => *poisoned.into_inner() = live,
@@ -119,6 +141,7 @@ impl AppState {
         if exposure_changed && let Err(error) = self.reload_schema().await {
             tracing::warn!(%error, "schema reload after the config change failed; keeping the previous schema");
         }
+        Ok(())
     }
 
     /// The loaded schema, or 503 while it is not.
@@ -155,13 +178,11 @@ pub struct App {
 
 /// Builds the application and starts loading the schema in the background: the process serves
 /// `/healthz` at once and reports ready once the schema is loaded. Audit lines go to `audit`.
-pub fn build_app(config: RuntimeConfig, database: Database, audit: AuditLog) -> App {
+/// Fails when the config's JWT settings cannot be used (a missing or short secret).
+pub fn build_app(config: RuntimeConfig, database: Database, audit: AuditLog) -> Result<App, JwtSetupError> {
+    let live = Live::compile(config, &audit, None)?;
     let state = Arc::new(AppState {
-        live: RwLock::new(Arc::new(Live {
-            policy: Policy::compile(&config.roles),
-            audit: audit.configured(&config.audit),
-            config,
-        })),
+        live: RwLock::new(Arc::new(live)),
         database,
         metrics: Metrics::default(),
         limiter: RateLimiter::new(),
@@ -170,7 +191,7 @@ pub fn build_app(config: RuntimeConfig, database: Database, audit: AuditLog) -> 
     });
     tokio::spawn(keep_schema_loaded(state.clone()));
     let router = router(state.clone());
-    App { state, router }
+    Ok(App { state, router })
 }
 
 /// Loads the schema once it can, retrying while the database is away, then refreshes it on

@@ -161,6 +161,10 @@ pub enum ApiError {
     /// The database cannot be reached, or the schema is not loaded yet.
     #[error("the database is unavailable")]
     Unavailable,
+    /// A bearer token cannot be verified because the identity provider's signing keys cannot
+    /// be fetched (the server's side, not the token's).
+    #[error("the identity provider's signing keys cannot be fetched, so the token cannot be verified now")]
+    IdentityProviderUnavailable,
     /// Anything else; details are in the log under the request id.
     #[error("internal error")]
     Internal,
@@ -228,7 +232,7 @@ impl ApiError {
             Self::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::StatementTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::IdentityProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -257,6 +261,7 @@ impl ApiError {
             Self::InvalidValue(_) => "invalid_value",
             Self::StatementTimeout => "statement_timeout",
             Self::Unavailable => "unavailable",
+            Self::IdentityProviderUnavailable => "identity_provider_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -299,7 +304,9 @@ impl ApiError {
                 Some("the referenced row must exist, and rows still referenced cannot be deleted".into())
             }
             Self::StatementTimeout => Some("narrow the filter or lower the limit".into()),
-            Self::Unavailable => Some(format!("retry after {RETRY_AFTER_SECONDS} seconds")),
+            Self::Unavailable | Self::IdentityProviderUnavailable => {
+                Some(format!("retry after {RETRY_AFTER_SECONDS} seconds"))
+            }
             Self::Internal => Some("report the request id to the operator of this API".into()),
             _ => None,
         }

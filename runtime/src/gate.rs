@@ -68,7 +68,14 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next
         request.method().to_string(),
     );
     record.path = Some(request.uri().path().to_owned());
-    let caller = match authenticate(&live.config.auth, &live.config.api_keys, request.headers()) {
+    let caller = match authenticate(
+        &live.config.auth,
+        &live.config.api_keys,
+        live.jwt.as_deref(),
+        request.headers(),
+    )
+    .await
+    {
         Ok(caller) => caller,
         Err(error) => {
             state

@@ -31,6 +31,7 @@ pub mod error;
 pub mod execute;
 pub mod gate;
 pub mod introspect;
+pub mod jwt;
 pub mod mask;
 pub mod metrics;
 pub mod openapi;

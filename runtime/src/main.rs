@@ -92,7 +92,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     let (audit, audit_writer) = AuditLog::start(tokio::io::stdout());
-    let app = build_app(loaded.config.clone(), database, audit);
+    let app = build_app(loaded.config.clone(), database, audit).map_err(|error| error.to_string())?;
     if let Some(file) = &args.config {
         tokio::spawn(reload::follow_config_file(app.state.clone(), file.clone()));
     }

@@ -35,7 +35,11 @@ pub async fn follow_config_file(state: Arc<AppState>, path: PathBuf) {
         }
         seen = Some(current);
         match config::from_file(&path) {
-            Ok(loaded) => state.apply(loaded.config).await,
+            Ok(loaded) => {
+                if let Err(error) = state.apply(loaded.config).await {
+                    tracing::error!(%error, path = %path.display(), "the changed config file is refused; the previous config stays in force");
+                }
+            }
             Err(error) => {
                 state.metrics.record_reload(false);
                 tracing::error!(%error, path = %path.display(), "the changed config file is refused; the previous config stays in force");

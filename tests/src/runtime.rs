@@ -302,7 +302,7 @@ pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
         .await
         .expect("create the audit log file");
     let (audit, audit_writer) = AuditLog::start(audit_file);
-    let app = sluice_runtime::build_app(config.clone(), database, audit);
+    let app = sluice_runtime::build_app(config.clone(), database, audit).expect("the fixture config builds");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
     let address = listener.local_addr().expect("local address");
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();

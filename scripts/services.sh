@@ -6,6 +6,7 @@
 #
 #   scripts/services.sh            start them and print the environment to export
 #   source scripts/services.sh     start them and export SLUICE_TEST_POSTGRES_URL / SLUICE_TEST_MYSQL_URL
+#                                  (and SLUICE_TEST_JWT_HMAC_SECRET, the fixture's token secret)
 #   scripts/services.sh stop       stop them
 #
 # Exits non-zero, naming the service and its log, when one cannot be installed or started.
@@ -135,8 +136,12 @@ start_postgres
 start_mariadb
 export SLUICE_TEST_POSTGRES_URL="postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB_NAME"
 export SLUICE_TEST_MYSQL_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MYSQL_PORT/$DB_NAME"
+# The HS256 secret the fixture DataApi verifies test tokens with (the runtime reads JWT secrets
+# from the environment, as in a pod); random per shell unless already set.
+export SLUICE_TEST_JWT_HMAC_SECRET="${SLUICE_TEST_JWT_HMAC_SECRET:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 say "PostgreSQL ready at 127.0.0.1:$PG_PORT, MariaDB ready at 127.0.0.1:$MYSQL_PORT"
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   echo "export SLUICE_TEST_POSTGRES_URL=$SLUICE_TEST_POSTGRES_URL"
   echo "export SLUICE_TEST_MYSQL_URL=$SLUICE_TEST_MYSQL_URL"
+  echo "export SLUICE_TEST_JWT_HMAC_SECRET=$SLUICE_TEST_JWT_HMAC_SECRET"
 fi

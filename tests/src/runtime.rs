@@ -4,7 +4,9 @@
 //! The fixture DataApi has four roles ([`ROLES`]): `admin` (everything, with a key), `clerk`
 //! (narrowed by deny and allow lists, with a key), the anonymous `visitor` (an allow list and
 //! `maxRows: 1`), `tenant` (row filters and masks, with a key) and `metered` (reads customers,
-//! rate limited to a burst of 5 and one request a second, with two keys). Keys are generated per fixture; [`TestApi::call`] sends the admin's.
+//! rate limited to a burst of 5 and one request a second, with two keys), and `partner`, which
+//! only JWT callers get (role claim `partner`): orders of the customer in their `customer` claim.
+//! Tokens are HS256 with the secret from `SLUICE_TEST_JWT_HMAC_SECRET` ([`token`]). Keys are generated per fixture; [`TestApi::call`] sends the admin's.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,6 +70,7 @@ kind: ApiRole
 metadata: { name: admin, namespace: test }
 spec:
   dataApis: [fixture]
+  admin: true
   rules:
     - tables: ['*']
       verbs: [read, create, update, delete]
@@ -126,7 +129,49 @@ spec:
       verbs: [read]
   rateLimit: { requestsPerMinute: 60, burst: 5 }
   apiKeys: [{ name: one }, { name: two }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: partner, namespace: test }
+spec:
+  dataApis: [fixture]
+  subjects: { jwtRoles: [partner] }
+  rules:
+    - tables: [orders]
+      verbs: [read, create]
+      rowFilter: [{ column: customer_id, op: eq, value: '{claims.customer}' }]
 ";
+
+/// The issuer the fixture API accepts in tokens.
+pub const JWT_ISSUER: &str = "https://issuer.sluice.test/";
+/// The audience the fixture API accepts in tokens.
+pub const JWT_AUDIENCE: &str = "sluice-fixture";
+
+/// An HS256 token for the fixture API: issuer, audience, a subject and an hour of validity,
+/// overridden and extended by `claims`.
+pub fn token(claims: Value) -> String {
+    token_signed_with(claims, &crate::services::jwt_secret())
+}
+
+/// [`token`], signed with `secret` (a forgery when it is not the fixture's).
+pub fn token_signed_with(claims: Value, secret: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut all = serde_json::json!({
+        "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": "someone", "iat": now, "exp": now + 3600
+    });
+    if let (Some(all), Value::Object(extra)) = (all.as_object_mut(), claims) {
+        all.extend(extra);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &all,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("an HS256 token encodes")
+}
 
 /// The statement timeout of every fixture API; the `slow` view takes longer.
 pub const STATEMENT_TIMEOUT_MS: u32 = 2000;
@@ -208,7 +253,7 @@ fn manifest(
         ),
     };
     let yaml = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: fixture, namespace: test }}\nspec:\n  database:\n    {database}\n    pool: {{ maxConnections: 4, acquireTimeoutMs: 1500, statementTimeoutMs: {STATEMENT_TIMEOUT_MS} }}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 3, maxBodyBytes: 2048 }}\n  auth: {{ apiKeyHeader: {API_KEY_HEADER}, anonymousRole: visitor }}\n"
+        "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: fixture, namespace: test }}\nspec:\n  database:\n    {database}\n    pool: {{ maxConnections: 4, acquireTimeoutMs: 1500, statementTimeoutMs: {STATEMENT_TIMEOUT_MS} }}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 3, maxBodyBytes: 2048 }}\n  auth: {{ apiKeyHeader: {API_KEY_HEADER}, anonymousRole: visitor, jwt: {{ issuer: '{JWT_ISSUER}', audiences: [{JWT_AUDIENCE}], hmacSecretRef: {{ name: jwt, key: secret }} }} }}\n"
     );
     let data_api: sluice_crds::DataApi = serde_yaml::from_str(&yaml).expect("fixture DataApi parses");
     let roles: Vec<sluice_crds::ApiRole> = serde_yaml::Deserializer::from_str(ROLES)
@@ -225,7 +270,11 @@ fn manifest(
             keys.insert(format!("{name}/{}", key.name), plaintext);
         }
     }
-    let config = sluice_crds::resolve(&data_api, &roles, &hashes).expect("fixture DataApi resolves");
+    let mut config = sluice_crds::resolve(&data_api, &roles, &hashes).expect("fixture DataApi resolves");
+    if let Some(jwt) = &mut config.auth.jwt {
+        crate::services::jwt_secret();
+        jwt.hmac_secret_env = Some(crate::services::JWT_SECRET_ENV.to_owned());
+    }
     (config, keys)
 }
 

@@ -26,3 +26,17 @@ pub fn postgres_url() -> String {
 pub fn mysql_url() -> String {
     required_url(MYSQL_URL_ENV)
 }
+
+/// Environment variable holding the HS256 secret the fixture DataApi verifies test tokens with.
+pub const JWT_SECRET_ENV: &str = "SLUICE_TEST_JWT_HMAC_SECRET";
+
+/// The fixture's token secret; panics with instructions when it is not configured.
+pub fn jwt_secret() -> String {
+    match std::env::var(JWT_SECRET_ENV) {
+        Ok(secret) if secret.len() >= 32 => secret,
+        _ => panic!(
+            "{JWT_SECRET_ENV} is not set (or shorter than 32 bytes): `source scripts/services.sh` sets it \
+             (or run the whole suite with `scripts/test`)"
+        ),
+    }
+}

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice_crds::dataapi::Engine;
 use sluice_tests::private_db::PrivateDb;
-use sluice_tests::runtime::{API_KEY_HEADER, Reply, TestApi, request, same_json, start, start_on};
+use sluice_tests::runtime::{
+    API_KEY_HEADER, Reply, TestApi, request, same_json, start, start_on, token, token_signed_with,
+};
 
 const REPRESENTATION: (&str, &str) = ("Prefer", "return=representation");
 
@@ -966,8 +968,19 @@ enum Who {
     Clerk,
     /// A well-formed key this DataApi never issued (as another DataApi's key would be).
     Stranger,
-    /// A bearer token, which this DataApi does not accept.
+    /// A token with `alg: none`, which no API may accept.
     Bearer,
+    /// A valid token for the JWT-only `partner` role, for the customer in its claim (orders
+    /// of that customer only), or without the claim when `None`.
+    Partner(Option<i64>),
+    /// A partner token signed with another secret.
+    Forged,
+    /// A partner token that expired an hour ago.
+    Expired,
+    /// A partner token for another audience.
+    WrongAudience,
+    /// A valid token whose role claim maps to no role of this API.
+    Unmapped,
     /// `tenant`: customers that are not VIPs, with email shown by its last 11 characters and
     /// balance as "hidden"; orders over 20 (read, create, update, delete on both).
     Tenant,
@@ -1036,7 +1049,7 @@ impl Attempt {
 }
 
 fn bypass_attempts() -> Vec<Attempt> {
-    use Who::{Bearer, Clerk, Nobody, Stranger, Tenant};
+    use Who::{Bearer, Clerk, Expired, Forged, Nobody, Partner, Stranger, Tenant, Unmapped, WrongAudience};
     let ada = json!({"id":1,"name":"Ada","vip":true,"joined_at":"2024-01-02T03:04:05","profile":{"tier":"gold","tags":[1,2]}});
     let brian = json!({"id":2,"name":"Brian","vip":false,"joined_at":"2024-02-03T04:05:06","profile":null});
     vec![
@@ -1318,6 +1331,21 @@ fn bypass_attempts() -> Vec<Attempt> {
         attempt("row filter: embedded arrays obey their own table's filter", Tenant, "GET", "/customers?select=id,orders(id,total)", 200)
             .expect(json!([{"id":2,"orders":[{"id":12,"total":42.42}]},{"id":3,"orders":[]}])),
         refused("an embedded table the role cannot read", Tenant, "GET", "/orders?select=id,order_items(product)", 404, "unknown_table"),
+        attempt("JWT: the row filter takes the customer from the token", Partner(Some(1)), "GET", "/orders?select=id", 200)
+            .expect(json!([{"id":10},{"id":11}])),
+        attempt("JWT: another customer's token sees its own rows", Partner(Some(2)), "GET", "/orders?select=id", 200)
+            .expect(json!([{"id":12}])),
+        attempt("JWT: a token without the claim sees no row", Partner(None), "GET", "/orders?select=id", 200)
+            .expect(json!([])),
+        attempt("JWT: a filter cannot reach another customer", Partner(Some(1)), "GET", "/orders?select=id&customer_id=eq.2", 200)
+            .expect(json!([])),
+        refused("JWT: insert for another customer", Partner(Some(1)), "POST", "/orders", 403, "outside_row_filter")
+            .with_body(json!({"id":70,"customer_id":2,"total":5})),
+        refused("JWT: a table the role cannot read", Partner(Some(1)), "GET", "/customers", 404, "unknown_table"),
+        refused("JWT: a forged signature", Forged, "GET", "/orders", 401, "unauthenticated"),
+        refused("JWT: an expired token", Expired, "GET", "/orders", 401, "unauthenticated"),
+        refused("JWT: a token for another audience", WrongAudience, "GET", "/orders", 401, "unauthenticated"),
+        refused("JWT: a role claim this API does not map", Unmapped, "GET", "/customers", 401, "unauthenticated"),
     ]
 }
 
@@ -1347,7 +1375,31 @@ async fn send(
         }
         Who::Bearer => {
             let mut all = headers.to_vec();
-            all.push(("Authorization", "Bearer eyJhbGciOiJub25lIn0.eyJyb2xlIjoiYWRtaW4ifQ."));
+            all.push((
+                "Authorization",
+                "Bearer eyJhbGciOiJub25lIn0.eyJyb2xlcyI6WyJhZG1pbiJdfQ.",
+            ));
+            api.call_as(None, method, path, &all, body).await
+        }
+        Who::Partner(_) | Who::Forged | Who::Expired | Who::WrongAudience | Who::Unmapped => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let token = match who {
+                Who::Partner(Some(customer)) => token(json!({"roles": ["partner"], "customer": customer})),
+                Who::Partner(None) => token(json!({"roles": ["partner"]})),
+                Who::Forged => token_signed_with(
+                    json!({"roles": ["partner"], "customer": 1}),
+                    "a-secret-that-is-not-the-fixture-secret",
+                ),
+                Who::Expired => token(json!({"roles": ["partner"], "customer": 1, "exp": now - 3600})),
+                Who::WrongAudience => token(json!({"roles": ["partner"], "customer": 1, "aud": "another-api"})),
+                _ => token(json!({"roles": ["admin"]})),
+            };
+            let authorization = format!("Bearer {token}");
+            let mut all = headers.to_vec();
+            all.push(("Authorization", authorization.as_str()));
             api.call_as(None, method, path, &all, body).await
         }
     }
@@ -1395,7 +1447,11 @@ async fn roles_cannot_be_bypassed(engine: Engine) {
         {
             problems.push(format!("message {} (wanted {message})", actual["message"]));
         }
-        if reply.status == 401 && reply.header("www-authenticate") != Some("ApiKey header=\"X-API-Key\"") {
+        if reply.status == 401
+            && !reply
+                .header("www-authenticate")
+                .is_some_and(|challenge| challenge.starts_with("ApiKey header=\"X-API-Key\", Bearer"))
+        {
             problems.push(format!("WWW-Authenticate: {:?}", reply.header("www-authenticate")));
         }
         if secrets(attempt.who).iter().any(|secret| reply.body.contains(secret)) {

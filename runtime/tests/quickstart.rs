@@ -103,6 +103,14 @@ fn the_quickstart_serves_rows_and_stops_on_sigterm() {
     );
     let (status, _) = http_get(&keyed, &[(header_name, "sluice_not_issued")]);
     assert_eq!(status, 401, "{keyed} with a key never issued");
+    // The visitor's rate limit (burst 20), as the README's loop shows it.
+    let statuses: Vec<u16> = (0..25).map(|_| http_get(&example, &[]).0).collect();
+    assert!(
+        statuses.contains(&429) && statuses.iter().all(|status| [200, 429].contains(status)),
+        "25 anonymous requests in a row must meet the visitor's burst of 20: {statuses:?}"
+    );
+    let (status, _) = http_get(&keyed, &[(header_name, key)]);
+    assert_eq!(status, 200, "the admin key has its own bucket");
 
     let terminated = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -18,7 +18,7 @@ use crate::db::Database;
 use crate::error::ApiError;
 use crate::introspect::introspect;
 use crate::schema::Schema;
-use crate::{docs, openapi, rest};
+use crate::{docs, mcp, openapi, rest};
 
 /// Response header carrying the request id that also appears in every log line of the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -131,6 +131,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                     .put(rest::replace_row)
                     .delete(rest::delete_row),
             );
+    }
+    if state.config.mcp.enabled {
+        router = router.nest_service(&state.config.mcp.path, mcp::router(state.clone()));
     }
     router
         .fallback(|uri: Uri| async move {

@@ -29,6 +29,7 @@ pub mod docs;
 pub mod error;
 pub mod execute;
 pub mod introspect;
+pub mod mcp;
 pub mod openapi;
 pub mod pipeline;
 pub mod plan;

@@ -1,0 +1,268 @@
+//! The MCP endpoint: the caller's role's view of the DataApi as tools and resources for AI
+//! agents, over Streamable HTTP (rmcp).
+//!
+//! Both protocol revisions are served from one path: 2026-07-28 clients (`server/discover`,
+//! version and capabilities in each request's `_meta`, no session) get JSON responses, and
+//! 2025-11-25 clients (`initialize`, `Mcp-Session-Id`) get sessions with SSE responses. rmcp
+//! checks the `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers against the body.
+//!
+//! Every HTTP request is admitted here before rmcp sees it: its `Origin` is checked, its caller
+//! authenticated exactly as for REST, and the caller's role must have MCP enabled. The caller
+//! then travels inside the request (rmcp hands the HTTP parts to each handler), so the tool
+//! list, schemas and rows are always those of the credentials on that request. Tool calls
+//! build the same checked [`crate::plan::Plan`]s as REST and run them through
+//! [`crate::pipeline::run`], so authorisation, caps (and what will attach there: row filters,
+//! masks, audit, rate limits) apply to agents exactly as to REST clients.
+
+mod call;
+mod resources;
+mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, ErrorData, Implementation, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// How long a client may keep using a tool or resource list before asking again (`ttlMs`).
+/// Lists follow the caller's role and the live schema, so they are cached briefly and privately.
+const LIST_TTL: Duration = Duration::from_secs(60);
+
+/// Serves the MCP endpoint; mount it at `config.mcp.path` with `Router::nest_service`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = usize::try_from(state.config.rest.max_body_bytes).unwrap_or(usize::MAX);
+    let config = StreamableHttpServerConfig::default()
+        // The runtime is reached under whatever host name its Service or Ingress has; browsers
+        // are kept out by the Origin check in `admit`, and every request needs credentials.
+        .disable_allowed_hosts()
+        .with_json_response(true)
+        .with_max_request_body_bytes(max_body);
+    let server_state = state.clone();
+    let service: StreamableHttpService<DataApiServer, LocalSessionManager> = StreamableHttpService::new(
+        move || {
+            Ok(DataApiServer {
+                state: server_state.clone(),
+            })
+        },
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .fallback_service(service)
+        .layer(middleware::from_fn_with_state(state, admit))
+}
+
+/// Checks `Origin`, authenticates the caller and requires MCP access for its role; the caller
+/// rides along in the request's extensions to the tool handlers.
+async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    if let Some(origin) = disallowed_origin(&state.config.mcp.allowed_origins, request.headers()) {
+        tracing::info!(%origin, "MCP request from a browser origin that is not allowed");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!("requests from origin {origin} are not allowed"),
+            "add the origin to spec.mcp.allowedOrigins of the DataApi",
+        );
+    }
+    let caller = match authenticate(&state, request.headers()) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    if !state
+        .config
+        .roles
+        .get(&caller.role)
+        .is_some_and(|role| role.mcp_enabled)
+    {
+        tracing::info!(role = %caller.role, "MCP refused: the role does not enable MCP");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "mcp_disabled",
+            format!("role \"{}\" may not use the MCP endpoint", caller.role),
+            "ask the operator of this API to set spec.mcp.enabled on the ApiRole, or use the REST API",
+        );
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The one place MCP authenticates a request.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    crate::auth::authenticate(&state.config.auth, &state.config.api_keys, headers)
+}
+
+/// The request's `Origin` when it is present and not allowed. Requests without one (agents,
+/// CLIs) pass; `null` passes only when listed, as browsers send it from opaque origins.
+fn disallowed_origin(allowed: &[String], headers: &HeaderMap) -> Option<String> {
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+    let normalized = origin.trim().trim_end_matches('/');
+    let listed = allowed
+        .iter()
+        .any(|entry| entry.trim().trim_end_matches('/').eq_ignore_ascii_case(normalized));
+    (!listed).then_some(origin)
+}
+
+fn refusal(status: StatusCode, code: &str, message: String, hint: &str) -> Response {
+    let body = json!({ "code": code, "message": message, "details": null, "hint": hint });
+    (status, axum::Json(body)).into_response()
+}
+
+/// What one MCP request knows about its caller: who, the role's view, and the session.
+struct CallContext {
+    caller: Caller,
+    session: Option<String>,
+    client: Option<Implementation>,
+}
+
+impl CallContext {
+    fn of(context: &RequestContext<RoleServer>) -> Result<Self, ErrorData> {
+        let parts = context.extensions.get::<Parts>();
+        let caller = parts
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .cloned()
+            .ok_or_else(|| {
+                tracing::error!("an MCP request reached its handler without an authenticated caller");
+                ErrorData::internal_error("the request was not authenticated", None)
+            })?;
+        let session = parts
+            .and_then(|parts| parts.headers.get("mcp-session-id"))
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let client = context
+            .meta
+            .client_info()
+            .or_else(|| context.peer.peer_info().map(|info| info.client_info.clone()));
+        Ok(Self {
+            caller,
+            session,
+            client,
+        })
+    }
+}
+
+/// The rmcp handler: stateless itself, it reads the config and schema at call time.
+#[derive(Clone)]
+pub struct DataApiServer {
+    state: Arc<AppState>,
+}
+
+fn unavailable(error: &ApiError) -> ErrorData {
+    ErrorData::internal_error(format!("{error}; retry shortly"), None)
+}
+
+impl ServerHandler for DataApiServer {
+    fn get_info(&self) -> ServerConfig {
+        let config = &self.state.config;
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new(format!("sluice-{}", config.data_api.name), env!("CARGO_PKG_VERSION"))
+                .with_title(format!("Sluice DataApi {}", config.data_api))
+                .with_description("Governed access to one database's tables: no SQL, only what your role may see"),
+        )
+        .with_instructions(tools::instructions(config))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let call = CallContext::of(&context)?;
+        let schema = self.state.schema().map_err(|error| unavailable(&error))?;
+        let access = self.state.policy.access(&call.caller);
+        let catalogue = tools::catalogue(&self.state.config, &access.view(&schema), &access);
+        Ok(ListToolsResult::with_all_items(catalogue)
+            .with_ttl_ms(LIST_TTL.as_millis() as u64)
+            .with_cache_scope(CacheScope::Private))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let call = CallContext::of(&context)?;
+        let result = call::call(&self.state, &call, &request.name, request.arguments.unwrap_or_default()).await?;
+        Ok(result.into())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let call = CallContext::of(&context)?;
+        let schema = self.state.schema().map_err(|error| unavailable(&error))?;
+        let access = self.state.policy.access(&call.caller);
+        Ok(
+            ListResourcesResult::with_all_items(resources::list(&access.view(&schema)))
+                .with_ttl_ms(LIST_TTL.as_millis() as u64)
+                .with_cache_scope(CacheScope::Private),
+        )
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let call = CallContext::of(&context)?;
+        let schema = self.state.schema().map_err(|error| unavailable(&error))?;
+        let access = self.state.policy.access(&call.caller);
+        let result = resources::read(&self.state.config, &access.view(&schema), &access, &request.uri)?;
+        Ok(result.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn with_origin(origin: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ORIGIN, HeaderValue::from_str(origin).expect("header value"));
+        headers
+    }
+
+    #[test]
+    fn only_listed_origins_and_requests_without_one_pass() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        assert_eq!(disallowed_origin(&allowed, &HeaderMap::new()), None);
+        assert_eq!(
+            disallowed_origin(&allowed, &with_origin("https://APP.example.com/")),
+            None
+        );
+        assert_eq!(
+            disallowed_origin(&allowed, &with_origin("https://evil.example")).as_deref(),
+            Some("https://evil.example")
+        );
+        assert!(disallowed_origin(&[], &with_origin("null")).is_some());
+    }
+}

@@ -1,0 +1,666 @@
+//! The MCP endpoint over a real socket, driven by rmcp's own client under both protocol
+//! revisions (2025-11-25 `initialize` with a session and SSE responses; 2026-07-28
+//! `server/discover`, stateless, JSON responses), and by raw HTTP for what a client library
+//! would never send. SQLite fixture; the same governed pipeline as REST runs underneath.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, JsonObject,
+    ProtocolVersion, ReadResourceRequestParams, ResourceContents,
+};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
+use serde_json::{Value, json};
+use sluice_crds::dataapi::Engine;
+use sluice_runtime::db::Database;
+
+const KEY_HEADER: &str = "X-API-Key";
+
+const FIXTURE: &str = "
+CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT, vip BOOLEAN NOT NULL DEFAULT 0, balance NUMERIC);
+CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers(id), total NUMERIC NOT NULL);
+CREATE TABLE notes (body TEXT);
+INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', 1, 10.5), (2, 'Brian', NULL, 0, 0), (3, 'Cleo', 'cleo@example.com', 0, 7);
+INSERT INTO orders VALUES (10, 1, 99.9), (11, 1, 15), (12, 2, 3);
+INSERT INTO notes VALUES ('a note');
+";
+
+const ROLES: &str = "
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: admin, namespace: test }
+spec:
+  dataApis: [shop]
+  rules:
+    - tables: ['*']
+      verbs: [read, create, update, delete]
+  apiKeys: [{ name: agent }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: clerk, namespace: test }
+spec:
+  dataApis: [shop]
+  rules:
+    - tables: [customers, orders]
+      verbs: [read]
+      fields: { deny: [email] }
+  apiKeys: [{ name: desk }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: batch, namespace: test }
+spec:
+  dataApis: [shop]
+  mcp: { enabled: false }
+  rules:
+    - tables: ['*']
+      verbs: [read]
+  apiKeys: [{ name: job }]
+";
+
+/// A runtime serving the fixture on an ephemeral port.
+struct Api {
+    address: SocketAddr,
+    keys: BTreeMap<String, String>,
+    database: Database,
+    path: PathBuf,
+}
+
+impl Api {
+    async fn start(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("sluice_mcp_{name}_{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let url = format!("{}?mode=rwc", Database::sqlite_url(&path));
+        let database = Database::connect(Engine::Sqlite, &url, &Default::default()).expect("SQLite URL");
+        database.run_script(FIXTURE).await.expect("create the fixture");
+        let yaml = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: shop, namespace: test }}\nspec:\n  database:\n    engine: sqlite\n    path: {}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 50 }}\n  mcp: {{ maxRows: 2, allowedOrigins: ['https://console.example.com'] }}\n  auth: {{ apiKeyHeader: {KEY_HEADER} }}\n",
+            path.display()
+        );
+        let data_api: sluice_crds::DataApi = serde_yaml::from_str(&yaml).expect("DataApi parses");
+        let roles: Vec<sluice_crds::ApiRole> = serde_yaml::Deserializer::from_str(ROLES)
+            .map(|document| serde::Deserialize::deserialize(document).expect("ApiRole parses"))
+            .collect();
+        let mut hashes = sluice_crds::KeyHashes::new();
+        let mut keys = BTreeMap::new();
+        for role in &roles {
+            let role_name = role.metadata.name.clone().expect("named role");
+            for key in &role.spec.api_keys {
+                let plaintext = sluice_crds::generate_api_key();
+                hashes.insert_plaintext(&role_name, &key.name, &plaintext);
+                keys.insert(role_name.clone(), plaintext);
+            }
+        }
+        let config = sluice_crds::resolve(&data_api, &roles, &hashes).expect("DataApi resolves");
+        let app = sluice_runtime::build_app(config, database.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(sluice_runtime::server::serve(
+            listener,
+            app.router,
+            std::future::pending(),
+        ));
+        let api = Self {
+            address,
+            keys,
+            database,
+            path,
+        };
+        for _ in 0..100 {
+            if api.raw(reqwest::Method::GET, "/readyz", &[], None).await.0 == 200 {
+                return api;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the runtime did not become ready");
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.address)
+    }
+
+    /// An rmcp client for `role`, speaking 2026-07-28 (`discover`) or 2025-11-25 (`initialize`).
+    async fn client(&self, role: &str, discover: bool) -> RunningService<RoleClient, ClientConfig> {
+        let mut headers = HashMap::new();
+        headers.insert(
+            KEY_HEADER.parse().expect("header name"),
+            self.keys[role].parse().expect("header value"),
+        );
+        let mut transport_config = StreamableHttpClientTransportConfig::with_uri(self.url());
+        transport_config.custom_headers = headers;
+        let transport = StreamableHttpClientTransport::from_config(transport_config);
+        let mut config = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("sluice-mcp-test", "1.0.0"),
+        );
+        let lifecycle = if discover {
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            }
+        } else {
+            config.protocol_version = ProtocolVersion::V_2025_11_25;
+            ClientLifecycleMode::Initialize
+        };
+        config
+            .serve_with_lifecycle(transport, lifecycle)
+            .await
+            .unwrap_or_else(|error| panic!("{role} connects (discover: {discover}): {error}"))
+    }
+
+    /// A raw HTTP request: status, headers, body.
+    async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let mut request = reqwest::Client::new().request(method, format!("http://{}{path}", self.address));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body.to_owned());
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().await.expect("body"))
+    }
+
+    async fn customers(&self) -> Vec<String> {
+        let statement = sluice_runtime::sql::Statement {
+            text: "SELECT id || ':' || name || ':' || COALESCE(email, '') FROM customers ORDER BY id".into(),
+            binds: Vec::new(),
+        };
+        self.database
+            .fetch_strings(&statement)
+            .await
+            .expect("read customers")
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn arguments(value: Value) -> JsonObject {
+    match value {
+        Value::Object(map) => map,
+        other => panic!("arguments must be an object, not {other}"),
+    }
+}
+
+async fn call(client: &RunningService<RoleClient, ClientConfig>, tool: &str, args: Value) -> CallToolResult {
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments(args)))
+        .await
+        .unwrap_or_else(|error| panic!("{tool} answers: {error}"))
+}
+
+/// The structured content of a successful call.
+async fn ok(client: &RunningService<RoleClient, ClientConfig>, tool: &str, args: Value) -> Value {
+    let result = call(client, tool, args.clone()).await;
+    assert_ne!(result.is_error, Some(true), "{tool} {args} failed: {result:?}");
+    let structured = result.structured_content.clone().expect("structured content");
+    let text = result.content[0].as_text().expect("text content").text.clone();
+    assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON text"), structured);
+    structured
+}
+
+/// The error document of a failed call.
+async fn tool_error(client: &RunningService<RoleClient, ClientConfig>, tool: &str, args: Value) -> Value {
+    let result = call(client, tool, args.clone()).await;
+    assert_eq!(result.is_error, Some(true), "{tool} {args} should fail: {result:?}");
+    let text = &result.content[0].as_text().expect("text content").text;
+    let error: Value = serde_json::from_str(text).expect("JSON error");
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    error
+}
+
+async fn tool_names(client: &RunningService<RoleClient, ClientConfig>) -> Vec<String> {
+    let tools = client.list_tools(None).await.expect("tools/list");
+    tools.tools.iter().map(|tool| tool.name.to_string()).collect()
+}
+
+#[tokio::test]
+async fn every_tool_and_resource_works_under_both_revisions() {
+    let api = Api::start("tools").await;
+    for (discover, id) in [(false, 20), (true, 30)] {
+        let client = api.client("admin", discover).await;
+        let info = client.peer_info().expect("server info");
+        assert!(
+            info.server_info
+                .as_ref()
+                .is_some_and(|server| server.name.contains("shop")),
+            "{:?}",
+            info.server_info
+        );
+        assert!(
+            info.instructions
+                .as_deref()
+                .is_some_and(|text| text.contains("list_tables"))
+        );
+        assert_eq!(
+            tool_names(&client).await,
+            [
+                "list_tables",
+                "describe_table",
+                "query_rows",
+                "count_rows",
+                "get_row",
+                "insert_rows",
+                "update_rows",
+                "delete_rows"
+            ]
+        );
+        let tools = client.list_tools(None).await.expect("tools/list");
+        let query = tools
+            .tools
+            .iter()
+            .find(|tool| tool.name == "query_rows")
+            .expect("query_rows");
+        let annotations = query.annotations.clone().expect("annotations");
+        assert_eq!(
+            (annotations.read_only_hint, annotations.open_world_hint),
+            (Some(true), Some(false))
+        );
+        assert!(query.output_schema.is_some());
+        let delete = tools
+            .tools
+            .iter()
+            .find(|tool| tool.name == "delete_rows")
+            .expect("delete_rows");
+        assert_eq!(
+            delete.annotations.clone().expect("annotations").destructive_hint,
+            Some(true)
+        );
+
+        let tables = ok(&client, "list_tables", json!({})).await;
+        let names: Vec<&str> = tables["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .filter_map(|table| table["name"].as_str())
+            .collect();
+        assert_eq!(names, ["customers", "notes", "orders"]);
+        let described = ok(&client, "describe_table", json!({ "table": "orders" })).await;
+        assert_eq!(described["primaryKey"], json!(["id"]));
+        assert_eq!(described["foreignKeys"][0]["references"]["table"], "customers");
+
+        let page = ok(
+            &client,
+            "query_rows",
+            json!({ "table": "customers", "select": ["id", "name"], "order": [{ "column": "id", "descending": true }] }),
+        )
+        .await;
+        assert_eq!(
+            page,
+            json!({ "rows": [{ "id": 3, "name": "Cleo" }, { "id": 2, "name": "Brian" }], "returned": 2, "truncated": true,
+                    "nextOffset": 2, "hint": "more rows match: call again with offset 2" })
+        );
+        let next = ok(
+            &client,
+            "query_rows",
+            json!({ "table": "customers", "select": ["id"], "order": [{ "column": "id", "descending": true }], "offset": 2 }),
+        )
+        .await;
+        assert_eq!(
+            next,
+            json!({ "rows": [{ "id": 1 }], "returned": 1, "truncated": false })
+        );
+        let filtered = ok(
+            &client,
+            "query_rows",
+            json!({ "table": "customers", "select": ["name"], "filters": [
+                { "column": "email", "op": "is", "value": null, "negate": true },
+                { "column": "name", "op": "like", "value": "C*" }
+            ] }),
+        )
+        .await;
+        assert_eq!(filtered["rows"], json!([{ "name": "Cleo" }]));
+        let row = ok(&client, "get_row", json!({ "table": "orders", "key": { "id": 10 } })).await;
+        assert_eq!(row, json!({ "row": { "id": 10, "customer_id": 1, "total": 99.9 } }));
+        let count = ok(
+            &client,
+            "count_rows",
+            json!({ "table": "orders", "filters": [{ "column": "customer_id", "op": "eq", "value": 1 }] }),
+        )
+        .await;
+        assert_eq!(count, json!({ "count": 2 }));
+
+        let inserted = ok(
+            &client,
+            "insert_rows",
+            json!({ "table": "customers", "rows": [{ "id": id, "name": "New" }, { "id": id + 1, "name": "Newer" }] }),
+        )
+        .await;
+        assert_eq!(
+            (inserted["inserted"].clone(), inserted["returned"].clone()),
+            (json!(2), json!(2))
+        );
+        assert_eq!(inserted["rows"][1]["name"], "Newer");
+        let updated = ok(
+            &client,
+            "update_rows",
+            json!({ "table": "customers", "set": { "vip": true }, "filters": [{ "column": "id", "op": "in", "value": [id, id + 1] }] }),
+        )
+        .await;
+        assert_eq!(updated["updated"], 2);
+        assert_eq!(updated["rows"][0]["vip"], true);
+        let deleted = ok(
+            &client,
+            "delete_rows",
+            json!({ "table": "customers", "filters": [{ "column": "id", "op": "gte", "value": id }] }),
+        )
+        .await;
+        assert_eq!(deleted["deleted"], 2);
+
+        let resources = client.list_resources(None).await.expect("resources/list");
+        let uris: Vec<&str> = resources.resources.iter().map(|r| r.uri.as_str()).collect();
+        assert_eq!(
+            uris,
+            [
+                "sluice://tables/customers",
+                "sluice://tables/notes",
+                "sluice://tables/orders"
+            ]
+        );
+        let read = client
+            .read_resource(ReadResourceRequestParams::new("sluice://tables/orders"))
+            .await
+            .expect("resources/read");
+        let ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+            panic!("text resource expected: {read:?}");
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(text).expect("JSON")["primaryKey"],
+            json!(["id"])
+        );
+        client.cancel().await.expect("disconnect");
+    }
+    assert_eq!(
+        api.customers().await,
+        ["1:Ada:ada@example.com", "2:Brian:", "3:Cleo:cleo@example.com"]
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_role_sees_no_write_tools_and_no_denied_fields() {
+    let api = Api::start("clerk").await;
+    for discover in [false, true] {
+        let client = api.client("clerk", discover).await;
+        assert_eq!(
+            tool_names(&client).await,
+            ["list_tables", "describe_table", "query_rows", "count_rows", "get_row"]
+        );
+        let tools = client.list_tools(None).await.expect("tools/list");
+        let schemas = serde_json::to_string(&tools.tools).expect("tools serialize");
+        assert!(!schemas.contains("email"), "a denied field is in a schema: {schemas}");
+        assert!(!schemas.contains("notes"), "an unreadable table is in a schema");
+        let rows = ok(&client, "query_rows", json!({ "table": "customers", "limit": 1 })).await;
+        assert_eq!(
+            rows["rows"],
+            json!([{ "id": 1, "name": "Ada", "vip": true, "balance": 10.5 }])
+        );
+        let described = ok(&client, "describe_table", json!({ "table": "customers" })).await;
+        assert_eq!(described["verbs"], json!(["read"]));
+        assert!(!described.to_string().contains("email"));
+        let denied = tool_error(
+            &client,
+            "query_rows",
+            json!({ "table": "customers", "filters": [{ "column": "email", "op": "eq", "value": "ada@example.com" }] }),
+        )
+        .await;
+        assert_eq!(denied["code"], "unknown_column");
+        assert!(
+            denied["hint"]
+                .as_str()
+                .is_some_and(|hint| hint.contains("describe_table"))
+        );
+        let hidden = tool_error(&client, "describe_table", json!({ "table": "notes" })).await;
+        assert_eq!(hidden["code"], "unknown_table");
+        let write = client
+            .call_tool(CallToolRequestParams::new("insert_rows").with_arguments(arguments(
+                json!({ "table": "customers", "rows": [{ "id": 9, "name": "X" }] }),
+            )))
+            .await;
+        assert!(write.is_err(), "a write tool not offered is unknown: {write:?}");
+        let resources = client.list_resources(None).await.expect("resources/list");
+        assert_eq!(resources.resources.len(), 2);
+        client.cancel().await.expect("disconnect");
+    }
+    assert_eq!(api.customers().await.len(), 3);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_error_and_changes_nothing() {
+    let api = Api::start("bad").await;
+    let client = api.client("admin", true).await;
+    let before = api.customers().await;
+    let unknown = client
+        .call_tool(CallToolRequestParams::new("drop_tables").with_arguments(JsonObject::new()))
+        .await
+        .expect_err("an unknown tool is a protocol error");
+    assert!(unknown.to_string().contains("unknown tool"), "{unknown}");
+    let cases = [
+        ("query_rows", json!({}), "invalid_arguments", "missing field `table`"),
+        (
+            "query_rows",
+            json!({ "table": "customers", "where": "1=1" }),
+            "invalid_arguments",
+            "unknown field `where`",
+        ),
+        (
+            "query_rows",
+            json!({ "table": "customers", "limit": "ten" }),
+            "invalid_arguments",
+            "invalid type",
+        ),
+        (
+            "query_rows",
+            json!({ "table": "customers", "limit": 3 }),
+            "bad_query",
+            "above the cap of 2 rows",
+        ),
+        ("query_rows", json!({ "table": "secrets" }), "unknown_table", "secrets"),
+        (
+            "query_rows",
+            json!({ "table": "customers", "select": ["nope"] }),
+            "unknown_column",
+            "nope",
+        ),
+        (
+            "query_rows",
+            json!({ "table": "customers", "filters": [{ "column": "id", "op": "eq", "value": "one" }] }),
+            "wrong_type",
+            "expects an integer",
+        ),
+        (
+            "query_rows",
+            json!({ "table": "customers", "filters": [{ "column": "id", "op": "between", "value": 1 }] }),
+            "invalid_arguments",
+            "unknown variant `between`",
+        ),
+        (
+            "get_row",
+            json!({ "table": "customers", "key": { "name": "Ada" } }),
+            "bad_query",
+            "the key of \"customers\" is id",
+        ),
+        (
+            "get_row",
+            json!({ "table": "customers", "key": { "id": 99 } }),
+            "not_found",
+            "99",
+        ),
+        (
+            "get_row",
+            json!({ "table": "notes", "key": { "body": "a note" } }),
+            "bad_query",
+            "no primary key",
+        ),
+        (
+            "insert_rows",
+            json!({ "table": "customers", "rows": [{ "id": 1, "name": "Dup" }] }),
+            "conflict",
+            "unique",
+        ),
+        (
+            "insert_rows",
+            json!({ "table": "customers", "rows": [{ "id": 50, "name": "X", "shoe_size": 9 }] }),
+            "unknown_column",
+            "shoe_size",
+        ),
+        (
+            "update_rows",
+            json!({ "table": "customers", "set": { "name": "Everyone" }, "filters": [] }),
+            "filter_required",
+            "without a filter",
+        ),
+        (
+            "update_rows",
+            json!({ "table": "customers", "set": { "vip": "maybe" }, "filters": [{ "column": "id", "op": "eq", "value": 1 }] }),
+            "wrong_type",
+            "vip",
+        ),
+        (
+            "delete_rows",
+            json!({ "table": "customers" }),
+            "invalid_arguments",
+            "missing field `filters`",
+        ),
+        (
+            "delete_rows",
+            json!({ "table": "customers", "filters": [] }),
+            "filter_required",
+            "without a filter",
+        ),
+    ];
+    for (tool, args, code, says) in cases {
+        let error = tool_error(&client, tool, args.clone()).await;
+        assert_eq!(error["code"], code, "{tool} {args}: {error}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| m.contains(says)),
+            "{tool} {args}: {error}"
+        );
+    }
+    assert_eq!(api.customers().await, before);
+    client.cancel().await.expect("disconnect");
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+const LIST_TOOLS_2026: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+
+#[tokio::test]
+async fn http_refusals_and_response_kinds() {
+    let api = Api::start("http").await;
+    let admin = api.keys["admin"].clone();
+    let accept = ("Accept", "application/json, text/event-stream");
+    let json_body = ("Content-Type", "application/json");
+    let key = (KEY_HEADER, admin.as_str());
+    let post = |headers: Vec<(&'static str, String)>, body: &'static str| {
+        let api = &api;
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            api.raw(reqwest::Method::POST, "/mcp", &headers, Some(body)).await
+        }
+    };
+    let base = |extra: &[(&'static str, &str)]| {
+        let mut headers = vec![(accept.0, accept.1.to_owned()), (json_body.0, json_body.1.to_owned())];
+        headers.extend(extra.iter().map(|(n, v)| (*n, (*v).to_owned())));
+        headers
+    };
+
+    let (status, headers, body) = post(base(&[]), INITIALIZE).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        headers
+            .get("www-authenticate")
+            .is_some_and(|v| v.to_str().unwrap_or_default().contains(KEY_HEADER))
+    );
+    let (status, _, body) = post(base(&[(KEY_HEADER, "sluice_wrong")]), INITIALIZE).await;
+    assert_eq!(status, 401, "{body}");
+    let batch = api.keys["batch"].clone();
+    let (status, _, body) = post(base(&[(KEY_HEADER, batch.as_str())]), INITIALIZE).await;
+    assert_eq!((status, body.contains("mcp_disabled")), (403, true), "{body}");
+    let (status, _, body) = post(base(&[key, ("Origin", "https://evil.example")]), INITIALIZE).await;
+    assert_eq!((status, body.contains("origin_not_allowed")), (403, true), "{body}");
+
+    let (status, headers, body) = post(base(&[key, ("Origin", "https://console.example.com")]), INITIALIZE).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/event-stream"),
+        "a 2025-11-25 session answers with SSE: {headers:?}"
+    );
+    assert!(headers.get("mcp-session-id").is_some());
+    assert!(body.contains("\"protocolVersion\":\"2025-11-25\""), "{body}");
+
+    let (status, headers, body) = post(
+        base(&[
+            key,
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/list"),
+        ]),
+        LIST_TOOLS_2026,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("application/json")
+    );
+    let listed: Value = serde_json::from_str(&body).expect("JSON-RPC response");
+    assert_eq!(listed["result"]["cacheScope"], "private");
+    assert_eq!(listed["result"]["ttlMs"], 60000);
+
+    let (status, _, body) = post(
+        base(&[
+            key,
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+        ]),
+        LIST_TOOLS_2026,
+    )
+    .await;
+    assert_eq!(status, 400, "Mcp-Method must match the body: {body}");
+
+    let (status, _, body) = post(base(&[key]), r#"{"jsonrpc":"2.0","id":3,"method":"tools/list""#).await;
+    assert!((400..500).contains(&status), "malformed JSON-RPC: {status} {body}");
+
+    let (status, _, body) = post(
+        base(&[key, ("MCP-Protocol-Version", "2025-11-25")]),
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#,
+    )
+    .await;
+    assert!(
+        (400..500).contains(&status),
+        "a 2025-11-25 request without a session: {status} {body}"
+    );
+    let (status, _, body) = post(
+        base(&[
+            key,
+            ("MCP-Protocol-Version", "2025-11-25"),
+            ("Mcp-Session-Id", "no-such-session"),
+        ]),
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#,
+    )
+    .await;
+    assert_eq!(status, 404, "an unknown session: {body}");
+}

@@ -1,11 +1,13 @@
 //! The MCP endpoint over a real socket, driven by rmcp's own client under both protocol
 //! revisions (2025-11-25 `initialize` with a session and SSE responses; 2026-07-28
 //! `server/discover`, stateless, JSON responses), and by raw HTTP for what a client library
-//! would never send. SQLite fixture; the same governed pipeline as REST runs underneath.
+//! would never send, and by an agent written with the official Python SDK (`mcp` from PyPI,
+//! installed into a venv under `~/.cache/sluice/`; the test fails when it cannot be installed).
+//! SQLite fixture; the same governed pipeline as REST runs underneath.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, JsonObject,
@@ -663,4 +665,68 @@ async fn http_refusals_and_response_kinds() {
     )
     .await;
     assert_eq!(status, 404, "an unknown session: {body}");
+}
+
+/// The official Python MCP SDK the second-language test drives the endpoint with.
+const PYTHON_SDK: &str = "mcp==2.3.0";
+
+async fn run(command: &mut tokio::process::Command, what: &str) -> String {
+    let output = command
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("{what}: cannot run {command:?}: {error}; install Python 3.10+ with venv"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{what} failed ({}):\n{text}", output.status);
+    text
+}
+
+/// A Python with the SDK installed, in a venv kept between runs.
+async fn python_with_sdk() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let venv = Path::new(&home)
+        .join(".cache/sluice")
+        .join(format!("python-{}", PYTHON_SDK.replace("==", "-")));
+    let python = venv.join("bin/python");
+    let installed = tokio::process::Command::new(&python)
+        .args(["-c", "import mcp"])
+        .status()
+        .await
+        .is_ok_and(|status| status.success());
+    if !installed {
+        run(
+            tokio::process::Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "creating a Python venv",
+        )
+        .await;
+        run(
+            tokio::process::Command::new(venv.join("bin/pip")).args(["install", "--quiet", PYTHON_SDK]),
+            "installing the Python MCP SDK from PyPI",
+        )
+        .await;
+    }
+    python
+}
+
+#[tokio::test]
+async fn the_official_python_sdk_calls_every_tool_under_both_revisions() {
+    let python = python_with_sdk().await;
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_python/agent.py");
+    let api = Api::start("python").await;
+    for mode in ["legacy", "auto"] {
+        let output = run(
+            tokio::process::Command::new(&python)
+                .arg(&agent)
+                .arg(api.url())
+                .arg(&api.keys["admin"])
+                .arg(mode),
+            &format!("the Python agent ({mode})"),
+        )
+        .await;
+        assert!(output.contains("every check passed"), "{output}");
+    }
+    assert_eq!(api.customers().await.len(), 3);
 }

@@ -32,6 +32,22 @@ INSERT INTO orders VALUES (10, 1, 99.9), (11, 1, 15), (12, 2, 3);
 INSERT INTO notes VALUES ('a note');
 ";
 
+const QUERIES: &str = "  queries:
+    - name: top_customers
+      description: Customers by balance, largest first
+      sql: \"SELECT id, name, balance FROM customers WHERE balance >= :min ORDER BY balance DESC LIMIT :limit\"
+      parameters:
+        - { name: limit, type: integer, default: 10, minimum: 1, maximum: 100 }
+        - { name: min, type: number, default: 0 }
+    - name: rename_customer
+      description: Renames a customer
+      sql: \"UPDATE customers SET name = :name WHERE id = :id\"
+      write: true
+      parameters:
+        - { name: id, type: integer }
+        - { name: name, type: string }
+";
+
 const ROLES: &str = "
 apiVersion: sluice.dev/v1alpha1
 kind: ApiRole
@@ -52,6 +68,8 @@ spec:
     - tables: [customers, orders]
       verbs: [read]
       fields: { deny: [email] }
+    - tables: [_query/top_customers]
+      verbs: [read]
   apiKeys: [{ name: desk }]
 ---
 apiVersion: sluice.dev/v1alpha1
@@ -82,7 +100,7 @@ impl Api {
         let database = Database::connect(Engine::Sqlite, &url, &Default::default()).expect("SQLite URL");
         database.run_script(FIXTURE).await.expect("create the fixture");
         let yaml = format!(
-            "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: shop, namespace: test }}\nspec:\n  database:\n    engine: sqlite\n    path: {}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 50 }}\n  mcp: {{ maxRows: 2, allowedOrigins: ['https://console.example.com'] }}\n  auth: {{ apiKeyHeader: {KEY_HEADER} }}\n",
+            "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: shop, namespace: test }}\nspec:\n  database:\n    engine: sqlite\n    path: {}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 50 }}\n  mcp: {{ maxRows: 2, allowedOrigins: ['https://console.example.com'] }}\n  auth: {{ apiKeyHeader: {KEY_HEADER} }}\n{QUERIES}",
             path.display()
         );
         let data_api: sluice_crds::DataApi = serde_yaml::from_str(&yaml).expect("DataApi parses");
@@ -264,7 +282,9 @@ async fn every_tool_and_resource_works_under_both_revisions() {
                 "get_row",
                 "insert_rows",
                 "update_rows",
-                "delete_rows"
+                "delete_rows",
+                "top_customers",
+                "rename_customer"
             ]
         );
         let tools = client.list_tools(None).await.expect("tools/list");
@@ -369,6 +389,21 @@ async fn every_tool_and_resource_works_under_both_revisions() {
         .await;
         assert_eq!(deleted["deleted"], 2);
 
+        let top = ok(&client, "top_customers", json!({ "min": 5 })).await;
+        assert_eq!(
+            top,
+            json!({ "rows": [{ "id": 1, "name": "Ada", "balance": 10.5 }, { "id": 3, "name": "Cleo", "balance": 7 }],
+                    "returned": 2, "truncated": false })
+        );
+        let capped = ok(&client, "top_customers", json!({ "limit": 3 })).await;
+        assert_eq!(
+            (capped["returned"].clone(), capped["truncated"].clone()),
+            (json!(2), json!(true))
+        );
+        let renamed = ok(&client, "rename_customer", json!({ "id": 2, "name": "Bri" })).await;
+        assert_eq!(renamed, json!({ "affected": 1 }));
+        ok(&client, "rename_customer", json!({ "id": 2, "name": "Brian" })).await;
+
         let resources = client.list_resources(None).await.expect("resources/list");
         let uris: Vec<&str> = resources.resources.iter().map(|r| r.uri.as_str()).collect();
         assert_eq!(
@@ -405,7 +440,14 @@ async fn a_read_only_role_sees_no_write_tools_and_no_denied_fields() {
         let client = api.client("clerk", discover).await;
         assert_eq!(
             tool_names(&client).await,
-            ["list_tables", "describe_table", "query_rows", "count_rows", "get_row"]
+            [
+                "list_tables",
+                "describe_table",
+                "query_rows",
+                "count_rows",
+                "get_row",
+                "top_customers"
+            ]
         );
         let tools = client.list_tools(None).await.expect("tools/list");
         let schemas = serde_json::to_string(&tools.tools).expect("tools serialize");
@@ -548,6 +590,30 @@ async fn bad_input_is_a_clear_error_and_changes_nothing() {
             json!({ "table": "customers", "filters": [] }),
             "filter_required",
             "without a filter",
+        ),
+        (
+            "top_customers",
+            json!({ "limit": 500 }),
+            "bad_query",
+            "outside its range",
+        ),
+        (
+            "top_customers",
+            json!({ "limit": "ten" }),
+            "wrong_type",
+            "expects an integer",
+        ),
+        (
+            "top_customers",
+            json!({ "top": 1 }),
+            "bad_query",
+            "no parameter \"top\"",
+        ),
+        (
+            "rename_customer",
+            json!({ "id": 1 }),
+            "bad_query",
+            "needs the parameter \"name\"",
         ),
     ];
     for (tool, args, code, says) in cases {

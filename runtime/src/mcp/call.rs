@@ -19,6 +19,7 @@ use crate::query::{Condition, IsValue, Nulls, Operand, OrderTerm, ReadQuery, Sel
 use crate::schema::{Schema, Table};
 
 use super::CallContext;
+use super::named::{self, NamedOutcome};
 use super::tools::{
     self, COUNT_ROWS, DELETE_ROWS, DESCRIBE_TABLE, GET_ROW, INSERT_ROWS, LIST_TABLES, QUERY_ROWS, UPDATE_ROWS,
 };
@@ -141,7 +142,7 @@ pub async fn call(
         INSERT_ROWS => tool.insert_rows(parse(name, arguments)).await,
         UPDATE_ROWS => tool.update_rows(parse(name, arguments)).await,
         DELETE_ROWS => tool.delete_rows(parse(name, arguments)).await,
-        _ => Err(Outcome::Api(ApiError::Internal)),
+        _ => tool.named_query(name, &arguments).await,
     };
     let client = context.client.as_ref();
     let span = tracing::info_span!(
@@ -368,8 +369,9 @@ fn select(columns: &[String]) -> Vec<SelectItem> {
 }
 
 /// Rows as one JSON result: at most `limit` of them and [`MAX_RESULT_BYTES`], marked
-/// `truncated` with a paging hint when some were left out. `leading` fields come first.
-fn rows_result(rows: &[String], limit: usize, offset: Option<u64>, leading: &[(&str, u64)]) -> String {
+/// `truncated` with a paging hint when some were left out (`overflow` when the rows cannot be
+/// paged by offset). `leading` fields come first.
+fn rows_result(rows: &[String], limit: usize, offset: Option<u64>, leading: &[(&str, u64)], overflow: &str) -> String {
     let mut text = String::from("{");
     for (name, value) in leading {
         text.push_str(&format!("\"{name}\":{value},"));
@@ -404,7 +406,7 @@ fn rows_result(rows: &[String], limit: usize, offset: Option<u64>, leading: &[(&
                     format!("more rows match: call again with offset {next}")
                 }
             }
-            None => "more rows were written than a result carries; read them with query_rows".to_owned(),
+            None => overflow.to_owned(),
         };
         text.push_str(&format!(",\"hint\":{}", Value::String(hint)));
     }
@@ -505,6 +507,7 @@ impl Tool<'_> {
             usize::try_from(limit).unwrap_or(usize::MAX),
             Some(offset),
             &[],
+            "",
         ))
     }
 
@@ -596,7 +599,13 @@ impl Tool<'_> {
         };
         let outcome = self.run(plan, false).await?;
         let limit = usize::try_from(self.max_rows()).unwrap_or(usize::MAX);
-        Ok(rows_result(&outcome.rows, limit, None, &[(counted, outcome.affected)]))
+        Ok(rows_result(
+            &outcome.rows,
+            limit,
+            None,
+            &[(counted, outcome.affected)],
+            "more rows were written than one result carries; read them with query_rows",
+        ))
     }
 
     async fn insert_rows(&self, arguments: Result<InsertArguments, Outcome>) -> ToolResult {
@@ -644,6 +653,22 @@ impl Tool<'_> {
         self.write(table, Action::Update(update), "updated").await
     }
 
+    async fn named_query(&self, name: &str, arguments: &JsonObject) -> ToolResult {
+        let config = &self.state.config;
+        let query = named::find(config, self.access, name).ok_or(ApiError::Internal)?;
+        let max_rows = usize::try_from(self.max_rows()).unwrap_or(usize::MAX);
+        match named::run(&self.state.database, query, arguments, max_rows).await? {
+            NamedOutcome::Affected(affected) => Ok(json!({ "affected": affected }).to_string()),
+            NamedOutcome::Rows(rows) => Ok(rows_result(
+                &rows,
+                max_rows,
+                None,
+                &[],
+                "the query matched more rows than one result carries; narrow it with its parameters",
+            )),
+        }
+    }
+
     async fn delete_rows(&self, arguments: Result<DeleteArguments, Outcome>) -> ToolResult {
         let arguments = arguments?;
         let table = self.table(&arguments.table)?;
@@ -668,13 +693,13 @@ mod tests {
     #[test]
     fn results_stop_at_the_limit_and_say_where_to_continue() {
         let rows: Vec<String> = (0..3).map(|id| format!("{{\"id\":{id}}}")).collect();
-        let page: Value = serde_json::from_str(&rows_result(&rows, 2, Some(10), &[])).expect("JSON");
+        let page: Value = serde_json::from_str(&rows_result(&rows, 2, Some(10), &[], "")).expect("JSON");
         assert_eq!(
             page,
             json!({ "rows": [{ "id": 0 }, { "id": 1 }], "returned": 2, "truncated": true, "nextOffset": 12,
                     "hint": "more rows match: call again with offset 12" })
         );
-        let last: Value = serde_json::from_str(&rows_result(&rows, 5, Some(0), &[("inserted", 3)])).expect("JSON");
+        let last: Value = serde_json::from_str(&rows_result(&rows, 5, Some(0), &[("inserted", 3)], "")).expect("JSON");
         assert_eq!(last["truncated"], json!(false));
         assert_eq!(
             (last["inserted"].clone(), last["returned"].clone()),
@@ -686,7 +711,7 @@ mod tests {
     fn results_stop_at_the_byte_cap() {
         let wide = format!("{{\"text\":\"{}\"}}", "x".repeat(MAX_RESULT_BYTES / 2));
         let rows = vec![wide.clone(), wide.clone(), wide];
-        let page: Value = serde_json::from_str(&rows_result(&rows, 10, Some(0), &[])).expect("JSON");
+        let page: Value = serde_json::from_str(&rows_result(&rows, 10, Some(0), &[], "")).expect("JSON");
         assert_eq!(page["returned"], json!(1));
         assert_eq!(page["nextOffset"], json!(1));
         assert!(

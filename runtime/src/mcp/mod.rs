@@ -15,6 +15,7 @@
 //! masks, audit, rate limits) apply to agents exactly as to REST clients.
 
 mod call;
+mod named;
 mod resources;
 mod tools;
 

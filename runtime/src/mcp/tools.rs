@@ -13,7 +13,9 @@ use sluice_crds::apirole::Verb;
 use crate::authz::{Access, verb_name};
 use crate::schema::{Column, RelationKind, Schema, Table, ValueKind};
 
-/// Built-in tool names.
+use super::named;
+
+/// Built-in tool names; a named query cannot take one.
 pub const LIST_TABLES: &str = "list_tables";
 pub const DESCRIBE_TABLE: &str = "describe_table";
 pub const QUERY_ROWS: &str = "query_rows";
@@ -22,6 +24,18 @@ pub const COUNT_ROWS: &str = "count_rows";
 pub const INSERT_ROWS: &str = "insert_rows";
 pub const UPDATE_ROWS: &str = "update_rows";
 pub const DELETE_ROWS: &str = "delete_rows";
+
+/// Every built-in tool name.
+pub const BUILT_IN: [&str; 8] = [
+    LIST_TABLES,
+    DESCRIBE_TABLE,
+    QUERY_ROWS,
+    GET_ROW,
+    COUNT_ROWS,
+    INSERT_ROWS,
+    UPDATE_ROWS,
+    DELETE_ROWS,
+];
 
 /// Filter operators an agent may use, as in REST (`col=op.value`).
 const OPERATORS: [&str; 10] = ["eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "in", "is"];
@@ -198,6 +212,7 @@ pub fn catalogue(config: &RuntimeConfig, view: &Schema, access: &Access<'_>) -> 
                 .open_world(false),
         ));
     }
+    tools.extend(named::tools(config, access));
     tools
 }
 

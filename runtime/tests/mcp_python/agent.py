@@ -31,7 +31,7 @@ async def main(url, key, mode):
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         assert sorted(tools) == sorted([
             "list_tables", "describe_table", "query_rows", "count_rows", "get_row",
-            "insert_rows", "update_rows", "delete_rows",
+            "insert_rows", "update_rows", "delete_rows", "top_customers", "rename_customer",
         ]), sorted(tools)
         assert tools["query_rows"].annotations.read_only_hint is True
         assert tools["delete_rows"].annotations.destructive_hint is True
@@ -64,6 +64,9 @@ async def main(url, key, mode):
             "table": "customers", "filters": [{"column": "id", "op": "eq", "value": new_id}],
         }), "delete_rows")
         assert deleted["deleted"] == 1, deleted
+
+        top = structured(await client.call_tool("top_customers", {"limit": 1}), "top_customers")
+        assert top["rows"] == [{"id": 1, "name": "Ada", "balance": 10.5}], top
 
         failed = await client.call_tool("query_rows", {"table": "customers", "select": ["shoe_size"]})
         assert failed.is_error, failed

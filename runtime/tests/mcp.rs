@@ -24,10 +24,10 @@ use sluice_runtime::db::Database;
 const KEY_HEADER: &str = "X-API-Key";
 
 const FIXTURE: &str = "
-CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT, vip BOOLEAN NOT NULL DEFAULT 0, balance NUMERIC);
-CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers(id), total NUMERIC NOT NULL);
-CREATE TABLE notes (body TEXT);
-INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', 1, 10.5), (2, 'Brian', NULL, 0, 0), (3, 'Cleo', 'cleo@example.com', 0, 7);
+CREATE TABLE customers (id INTEGER PRIMARY KEY, name VARCHAR(100) NOT NULL, email VARCHAR(100), vip BOOLEAN NOT NULL DEFAULT FALSE, balance NUMERIC(10,2));
+CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers(id), total NUMERIC(10,2) NOT NULL);
+CREATE TABLE notes (body VARCHAR(100));
+INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com', TRUE, 10.5), (2, 'Brian', NULL, FALSE, 0), (3, 'Cleo', 'cleo@example.com', FALSE, 7);
 INSERT INTO orders VALUES (10, 1, 99.9), (11, 1, 15), (12, 2, 3);
 INSERT INTO notes VALUES ('a note');
 ";
@@ -89,19 +89,82 @@ struct Api {
     address: SocketAddr,
     keys: BTreeMap<String, String>,
     database: Database,
-    path: PathBuf,
+    cleanup: Cleanup,
+}
+
+/// What to remove when a fixture ends.
+enum Cleanup {
+    File(PathBuf),
+    Postgres { url: String, schema: String },
+    Mysql { url: String, database: String },
+}
+
+fn required_url(variable: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} is not set: run `source scripts/services.sh` to start the test databases")
+    })
 }
 
 impl Api {
     async fn start(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("sluice_mcp_{name}_{}.db", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let url = format!("{}?mode=rwc", Database::sqlite_url(&path));
-        let database = Database::connect(Engine::Sqlite, &url, &Default::default()).expect("SQLite URL");
+        Self::start_on(Engine::Sqlite, name).await
+    }
+
+    /// The fixture on `engine`: a file for SQLite, a fresh schema or database on the shared
+    /// PostgreSQL or MariaDB test server.
+    async fn start_on(engine: Engine, name: &str) -> Self {
+        let unique = format!("sluice_mcp_{name}_{}", std::process::id());
+        let (url, database_yaml, cleanup) = match engine {
+            Engine::Sqlite => {
+                let path = std::env::temp_dir().join(format!("{unique}.db"));
+                let _ = std::fs::remove_file(&path);
+                let url = format!("{}?mode=rwc", Database::sqlite_url(&path));
+                let yaml = format!("engine: sqlite\n    path: {}", path.display());
+                (url, yaml, Cleanup::File(path))
+            }
+            Engine::Postgres => {
+                let server = required_url("SLUICE_TEST_POSTGRES_URL");
+                let admin = Database::connect(engine, &server, &Default::default()).expect("PostgreSQL URL");
+                admin
+                    .run_script(&format!(
+                        "DROP SCHEMA IF EXISTS {unique} CASCADE; CREATE SCHEMA {unique}"
+                    ))
+                    .await
+                    .expect("create a schema");
+                let separator = if server.contains('?') { '&' } else { '?' };
+                let url = format!("{server}{separator}options[search_path]={unique}");
+                let yaml = format!(
+                    "engine: postgres\n    connectionSecretRef: {{ name: db, key: url }}\n    schemas: [{unique}]"
+                );
+                let cleanup = Cleanup::Postgres {
+                    url: server,
+                    schema: unique,
+                };
+                (url, yaml, cleanup)
+            }
+            Engine::Mysql => {
+                let server = required_url("SLUICE_TEST_MYSQL_URL");
+                let admin = Database::connect(engine, &server, &Default::default()).expect("MySQL URL");
+                admin
+                    .run_script(&format!("DROP DATABASE IF EXISTS {unique}; CREATE DATABASE {unique}"))
+                    .await
+                    .expect("create a database");
+                let (base, _) = server.rsplit_once('/').expect("the MySQL URL names a database");
+                let url = format!("{base}/{unique}");
+                let yaml = format!(
+                    "engine: mysql\n    connectionSecretRef: {{ name: db, key: url }}\n    schemas: [{unique}]"
+                );
+                let cleanup = Cleanup::Mysql {
+                    url: server,
+                    database: unique,
+                };
+                (url, yaml, cleanup)
+            }
+        };
+        let database = Database::connect(engine, &url, &Default::default()).expect("database URL");
         database.run_script(FIXTURE).await.expect("create the fixture");
         let yaml = format!(
-            "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: shop, namespace: test }}\nspec:\n  database:\n    engine: sqlite\n    path: {}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 50 }}\n  mcp: {{ maxRows: 2, allowedOrigins: ['https://console.example.com'] }}\n  auth: {{ apiKeyHeader: {KEY_HEADER} }}\n{QUERIES}",
-            path.display()
+            "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: shop, namespace: test }}\nspec:\n  database:\n    {database_yaml}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 50 }}\n  mcp: {{ maxRows: 2, allowedOrigins: ['https://console.example.com'] }}\n  auth: {{ apiKeyHeader: {KEY_HEADER} }}\n{QUERIES}",
         );
         let data_api: sluice_crds::DataApi = serde_yaml::from_str(&yaml).expect("DataApi parses");
         let roles: Vec<sluice_crds::ApiRole> = serde_yaml::Deserializer::from_str(ROLES)
@@ -130,7 +193,7 @@ impl Api {
             address,
             keys,
             database,
-            path,
+            cleanup,
         };
         for _ in 0..100 {
             if api.raw(reqwest::Method::GET, "/readyz", &[], None).await.0 == 200 {
@@ -195,8 +258,12 @@ impl Api {
     }
 
     async fn customers(&self) -> Vec<String> {
+        let text = match self.database.engine() {
+            Engine::Sqlite => "SELECT id || ':' || name || ':' || COALESCE(email, '') FROM customers ORDER BY id",
+            _ => "SELECT CONCAT(id, ':', name, ':', COALESCE(email, '')) FROM customers ORDER BY id",
+        };
         let statement = sluice_runtime::sql::Statement {
-            text: "SELECT id || ':' || name || ':' || COALESCE(email, '') FROM customers ORDER BY id".into(),
+            text: text.into(),
             binds: Vec::new(),
         };
         self.database
@@ -211,7 +278,26 @@ impl Api {
 
 impl Drop for Api {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Cleanup::File(path) = &self.cleanup {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Api {
+    /// Drops the fixture's schema or database on a shared server (a SQLite file goes on drop).
+    async fn clean_up(self) {
+        match &self.cleanup {
+            Cleanup::File(_) => {}
+            Cleanup::Postgres { url, schema } => {
+                let admin = Database::connect(Engine::Postgres, url, &Default::default()).expect("PostgreSQL URL");
+                let _ = admin.run_script(&format!("DROP SCHEMA {schema} CASCADE")).await;
+            }
+            Cleanup::Mysql { url, database } => {
+                let admin = Database::connect(Engine::Mysql, url, &Default::default()).expect("MySQL URL");
+                let _ = admin.run_script(&format!("DROP DATABASE {database}")).await;
+            }
+        }
     }
 }
 
@@ -795,4 +881,74 @@ async fn the_official_python_sdk_calls_every_tool_under_both_revisions() {
         assert!(output.contains("every check passed"), "{output}");
     }
     assert_eq!(api.customers().await.len(), 3);
+}
+
+#[tokio::test]
+async fn tools_and_named_queries_work_on_postgres_and_mariadb() {
+    for engine in [Engine::Postgres, Engine::Mysql] {
+        let api = Api::start_on(engine, "engines").await;
+        for discover in [false, true] {
+            let client = api.client("admin", discover).await;
+            let page = ok(
+                &client,
+                "query_rows",
+                json!({ "table": "customers", "select": ["id", "name", "vip"], "filters": [{ "column": "vip", "op": "is", "value": false }] }),
+            )
+            .await;
+            assert_eq!(
+                page["rows"],
+                json!([{ "id": 2, "name": "Brian", "vip": false }, { "id": 3, "name": "Cleo", "vip": false }]),
+                "{engine:?}"
+            );
+            let row = ok(
+                &client,
+                "get_row",
+                json!({ "table": "orders", "key": { "id": 12 }, "select": ["customer_id"] }),
+            )
+            .await;
+            assert_eq!(row, json!({ "row": { "customer_id": 2 } }), "{engine:?}");
+            let count = ok(&client, "count_rows", json!({ "table": "orders" })).await;
+            assert_eq!(count, json!({ "count": 3 }), "{engine:?}");
+            let inserted = ok(
+                &client,
+                "insert_rows",
+                json!({ "table": "customers", "rows": [{ "id": 40, "name": "E" }] }),
+            )
+            .await;
+            assert_eq!(inserted["rows"][0]["name"], "E", "{engine:?}");
+            let updated = ok(
+                &client,
+                "update_rows",
+                json!({ "table": "customers", "set": { "name": "F" }, "filters": [{ "column": "id", "op": "eq", "value": 40 }] }),
+            )
+            .await;
+            assert_eq!(updated["rows"][0]["name"], "F", "{engine:?}");
+            let deleted = ok(
+                &client,
+                "delete_rows",
+                json!({ "table": "customers", "filters": [{ "column": "id", "op": "eq", "value": 40 }] }),
+            )
+            .await;
+            assert_eq!(deleted["deleted"], 1, "{engine:?}");
+            let top = ok(&client, "top_customers", json!({ "min": 5 })).await;
+            let names: Vec<&str> = top["rows"]
+                .as_array()
+                .expect("rows")
+                .iter()
+                .filter_map(|row| row["name"].as_str())
+                .collect();
+            assert_eq!(names, ["Ada", "Cleo"], "{engine:?}: {top}");
+            assert_eq!(top["rows"][0]["balance"].as_f64(), Some(10.5), "{engine:?}: {top}");
+            let renamed = ok(&client, "rename_customer", json!({ "id": 2, "name": "Bri" })).await;
+            assert_eq!(renamed, json!({ "affected": 1 }), "{engine:?}");
+            ok(&client, "rename_customer", json!({ "id": 2, "name": "Brian" })).await;
+            client.cancel().await.expect("disconnect");
+        }
+        assert_eq!(
+            api.customers().await,
+            ["1:Ada:ada@example.com", "2:Brian:", "3:Cleo:cleo@example.com"],
+            "{engine:?}"
+        );
+        api.clean_up().await;
+    }
 }

@@ -133,7 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             );
     }
     if state.config.mcp.enabled {
-        router = router.nest_service(&state.config.mcp.path, mcp::router(state.clone()));
+        router = router.merge(mcp::router(state.clone()));
     }
     router
         .fallback(|uri: Uri| async move {

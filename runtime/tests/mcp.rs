@@ -113,6 +113,11 @@ impl Api {
     /// The fixture on `engine`: a file for SQLite, a fresh schema or database on the shared
     /// PostgreSQL or MariaDB test server.
     async fn start_on(engine: Engine, name: &str) -> Self {
+        Self::start_with(engine, name, "").await
+    }
+
+    /// The fixture on `engine`, with `auth` added to the DataApi's `spec.auth` fields.
+    async fn start_with(engine: Engine, name: &str, auth: &str) -> Self {
         let unique = format!("sluice_mcp_{name}_{}", std::process::id());
         let (url, database_yaml, cleanup) = match engine {
             Engine::Sqlite => {
@@ -164,7 +169,7 @@ impl Api {
         let database = Database::connect(engine, &url, &Default::default()).expect("database URL");
         database.run_script(FIXTURE).await.expect("create the fixture");
         let yaml = format!(
-            "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: shop, namespace: test }}\nspec:\n  database:\n    {database_yaml}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 50 }}\n  mcp: {{ maxRows: 2, allowedOrigins: ['https://console.example.com'] }}\n  auth: {{ apiKeyHeader: {KEY_HEADER} }}\n{QUERIES}",
+            "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: shop, namespace: test }}\nspec:\n  database:\n    {database_yaml}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 50 }}\n  mcp: {{ maxRows: 2, allowedOrigins: ['https://console.example.com'] }}\n  auth: {{ apiKeyHeader: {KEY_HEADER}{auth} }}\n{QUERIES}",
         );
         let data_api: sluice_crds::DataApi = serde_yaml::from_str(&yaml).expect("DataApi parses");
         let roles: Vec<sluice_crds::ApiRole> = serde_yaml::Deserializer::from_str(ROLES)
@@ -951,4 +956,41 @@ async fn tools_and_named_queries_work_on_postgres_and_mariadb() {
         );
         api.clean_up().await;
     }
+}
+
+#[tokio::test]
+async fn with_jwt_a_401_points_at_the_protected_resource_metadata() {
+    let jwt =
+        ", jwt: { issuer: 'https://login.example.com/', audiences: [shop], jwksUri: 'https://login.example.com/jwks' }";
+    let api = Api::start_with(Engine::Sqlite, "jwt", jwt).await;
+    let (status, headers, body) = api
+        .raw(
+            reqwest::Method::POST,
+            "/mcp",
+            &[
+                ("Accept", "application/json, text/event-stream"),
+                ("Content-Type", "application/json"),
+            ],
+            Some(INITIALIZE),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let metadata_url = format!("http://{}/.well-known/oauth-protected-resource/mcp", api.address);
+    let challenge = headers["www-authenticate"].to_str().expect("ASCII challenge");
+    assert!(
+        challenge.ends_with(&format!("Bearer resource_metadata=\"{metadata_url}\"")),
+        "{challenge}"
+    );
+    let (status, _, body) = api
+        .raw(
+            reqwest::Method::GET,
+            "/.well-known/oauth-protected-resource/mcp",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let metadata: Value = serde_json::from_str(&body).expect("JSON metadata");
+    assert_eq!(metadata["resource"], format!("http://{}/mcp", api.address));
+    assert_eq!(metadata["authorization_servers"], json!(["https://login.example.com/"]));
 }

@@ -25,9 +25,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, ErrorData, Implementation, ListResourcesResult,
     ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
@@ -47,8 +48,70 @@ use crate::error::ApiError;
 /// Lists follow the caller's role and the live schema, so they are cached briefly and privately.
 const LIST_TTL: Duration = Duration::from_secs(60);
 
-/// Serves the MCP endpoint; mount it at `config.mcp.path` with `Router::nest_service`.
-pub fn router(state: Arc<AppState>) -> Router {
+/// Where OAuth protected-resource metadata (RFC 9728) for the endpoint at `mcp_path` is served.
+fn metadata_path(mcp_path: &str) -> String {
+    format!("/.well-known/oauth-protected-resource{mcp_path}")
+}
+
+/// The MCP endpoint at `config.mcp.path` and, when JWT is configured, its protected-resource
+/// metadata; merge it into the application's router.
+pub fn router<S: Clone + Send + Sync + 'static>(state: Arc<AppState>) -> Router<S> {
+    let path = state.config.mcp.path.clone();
+    let mut router = Router::new().route_service(&path, endpoint(state.clone()));
+    if state.config.auth.jwt.is_some() {
+        router = router.route(&metadata_path(&path), get(protected_resource).with_state(state));
+    }
+    router
+}
+
+/// The public URL of `path` on this server, as the client reached it (through a proxy, by its
+/// forwarded headers).
+fn public_url(headers: &HeaderMap, path: &str) -> String {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let scheme = header("x-forwarded-proto").unwrap_or("http");
+    let host = header("x-forwarded-host")
+        .or_else(|| header(header::HOST.as_str()))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}{path}")
+}
+
+/// RFC 9728 metadata: which authorization server issues tokens for this endpoint.
+async fn protected_resource(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let config = &state.config;
+    let issuers: Vec<&str> = config.auth.jwt.iter().map(|jwt| jwt.issuer.as_str()).collect();
+    axum::Json(json!({
+        "resource": public_url(&headers, &config.mcp.path),
+        "authorization_servers": issuers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": format!("Sluice DataApi {}", config.data_api),
+    }))
+    .into_response()
+}
+
+/// Points a 401's bearer challenge at the protected-resource metadata, so OAuth-capable agents
+/// can find the authorization server.
+fn with_resource_metadata(mut response: Response, headers: &HeaderMap, mcp_path: &str) -> Response {
+    let metadata = public_url(headers, &metadata_path(mcp_path));
+    let challenge = response
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let parameter = format!("resource_metadata=\"{metadata}\"");
+    let challenge = match challenge.strip_suffix("Bearer") {
+        Some(_) => format!("{challenge} {parameter}"),
+        None if challenge.is_empty() => format!("Bearer {parameter}"),
+        None => format!("{challenge}, Bearer {parameter}"),
+    };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// The rmcp service behind the admission checks.
+fn endpoint(state: Arc<AppState>) -> Router {
     let max_body = usize::try_from(state.config.rest.max_body_bytes).unwrap_or(usize::MAX);
     let config = StreamableHttpServerConfig::default()
         // The runtime is reached under whatever host name its Service or Ingress has; browsers
@@ -85,6 +148,9 @@ async fn admit(State(state): State<Arc<AppState>>, mut request: Request, next: N
     }
     let caller = match authenticate(&state, request.headers()) {
         Ok(caller) => caller,
+        Err(error) if state.config.auth.jwt.is_some() => {
+            return with_resource_metadata(error.into_response(), request.headers(), &state.config.mcp.path);
+        }
         Err(error) => return error.into_response(),
     };
     if !state
@@ -250,6 +316,23 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::ORIGIN, HeaderValue::from_str(origin).expect("header value"));
         headers
+    }
+
+    #[test]
+    fn a_401_points_bearer_clients_at_the_metadata() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("api.example.com"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let mut refused = StatusCode::UNAUTHORIZED.into_response();
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("ApiKey header=\"X-API-Key\", Bearer"),
+        );
+        let pointed = with_resource_metadata(refused, &headers, "/mcp");
+        assert_eq!(
+            pointed.headers()[header::WWW_AUTHENTICATE],
+            "ApiKey header=\"X-API-Key\", Bearer resource_metadata=\"https://api.example.com/.well-known/oauth-protected-resource/mcp\""
+        );
     }
 
     #[test]

@@ -722,6 +722,8 @@ async fn bad_input_is_a_clear_error_and_changes_nothing() {
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 const LIST_TOOLS_2026: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
 
+const CALL_LIST_TABLES_2026: &str = r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"list_tables","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+
 #[tokio::test]
 async fn http_refusals_and_response_kinds() {
     let api = Api::start("http").await;
@@ -799,6 +801,29 @@ async fn http_refusals_and_response_kinds() {
     )
     .await;
     assert_eq!(status, 400, "Mcp-Method must match the body: {body}");
+    let (status, _, body) = post(
+        base(&[
+            key,
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "delete_rows"),
+        ]),
+        CALL_LIST_TABLES_2026,
+    )
+    .await;
+    assert_eq!(status, 400, "Mcp-Name must match the tool called: {body}");
+    let (status, _, body) = post(
+        base(&[
+            key,
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "list_tables"),
+        ]),
+        CALL_LIST_TABLES_2026,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\\\"customers\\\""), "{body}");
 
     let (status, _, body) = post(base(&[key]), r#"{"jsonrpc":"2.0","id":3,"method":"tools/list""#).await;
     assert!((400..500).contains(&status), "malformed JSON-RPC: {status} {body}");

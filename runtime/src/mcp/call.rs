@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use sluice_crds::apirole::{FilterOperator, Verb};
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::authz::Access;
@@ -133,18 +134,9 @@ pub async fn call(
         access: &access,
         view: &view,
     };
-    let outcome = match name {
-        LIST_TABLES => tool.list_tables(parse(name, arguments)),
-        DESCRIBE_TABLE => tool.describe_table(parse(name, arguments)),
-        QUERY_ROWS => tool.query_rows(parse(name, arguments)).await,
-        GET_ROW => tool.get_row(parse(name, arguments)).await,
-        COUNT_ROWS => tool.count_rows(parse(name, arguments)).await,
-        INSERT_ROWS => tool.insert_rows(parse(name, arguments)).await,
-        UPDATE_ROWS => tool.update_rows(parse(name, arguments)).await,
-        DELETE_ROWS => tool.delete_rows(parse(name, arguments)).await,
-        _ => tool.named_query(name, &arguments).await,
-    };
     let client = context.client.as_ref();
+    // One span per call: the pipeline's log lines and the outcome below carry the MCP context
+    // (the same fields audit lines will take).
     let span = tracing::info_span!(
         "mcp_tool",
         transport = "mcp",
@@ -154,11 +146,30 @@ pub async fn call(
         session = context.session.as_deref().unwrap_or("-"),
         client = client.map_or("-", |client| client.name.as_str()),
         client_version = client.map_or("-", |client| client.version.as_str()),
+        arguments = tracing::field::Empty,
     );
-    let _entered = span.enter();
+    // Arguments are request bodies: logged only where the DataApi logs bodies.
+    if state.config.audit.include_bodies {
+        span.record("arguments", tracing::field::display(Value::Object(arguments.clone())));
+    }
+    let outcome = async {
+        match name {
+            LIST_TABLES => tool.list_tables(parse(name, arguments)),
+            DESCRIBE_TABLE => tool.describe_table(parse(name, arguments)),
+            QUERY_ROWS => tool.query_rows(parse(name, arguments)).await,
+            GET_ROW => tool.get_row(parse(name, arguments)).await,
+            COUNT_ROWS => tool.count_rows(parse(name, arguments)).await,
+            INSERT_ROWS => tool.insert_rows(parse(name, arguments)).await,
+            UPDATE_ROWS => tool.update_rows(parse(name, arguments)).await,
+            DELETE_ROWS => tool.delete_rows(parse(name, arguments)).await,
+            _ => tool.named_query(name, &arguments).await,
+        }
+    }
+    .instrument(span.clone())
+    .await;
     match outcome {
         Ok(text) => {
-            tracing::info!(error = false, "tool called");
+            span.in_scope(|| tracing::info!(error = false, "tool called"));
             let structured = serde_json::from_str(&text).map_err(|error| {
                 tracing::error!(%error, "a tool result is not JSON");
                 ErrorData::internal_error("the tool produced an invalid result", None)
@@ -172,7 +183,7 @@ pub async fn call(
                 Outcome::Api(error) => Failure::from_api(error).await,
                 Outcome::Failure(failure) => failure,
             };
-            tracing::info!(error = true, code = failure.code, "tool called");
+            span.in_scope(|| tracing::info!(error = true, code = failure.code, "tool called"));
             Ok(failure.into_result())
         }
     }

@@ -22,7 +22,7 @@ use crate::jwt::{JwtSetupError, JwtVerifier};
 use crate::metrics::{Metrics, PoolStats};
 use crate::ratelimit::RateLimiter;
 use crate::schema::Schema;
-use crate::{docs, openapi, rest};
+use crate::{docs, mcp, openapi, rest};
 
 /// Response header carrying the request id that also appears in every log line of the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -245,12 +245,16 @@ pub fn router(state: Arc<AppState>) -> Router {
                     .delete(rest::delete_row),
             );
     }
-    let governed = governed.route_layer(middleware::from_fn_with_state(state.clone(), gate::gate));
-    Router::new()
+    let mut open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(governed)
+        .route("/metrics", get(metrics));
+    if live.config.mcp.enabled {
+        governed = governed.merge(mcp::endpoint(state.clone(), &live.config));
+        open = open.merge(mcp::metadata_route(state.clone(), &live.config));
+    }
+    let governed = governed.route_layer(middleware::from_fn_with_state(state.clone(), gate::gate));
+    open.merge(governed)
         .fallback(|uri: Uri| async move {
             ApiError::NoSuchEndpoint {
                 path: uri.path().to_owned(),

@@ -165,6 +165,11 @@ impl Database {
         &self.reader
     }
 
+    /// The read-write pool, for writes that are not SQL statements of ours (named queries).
+    pub fn writer(&self) -> &Pool {
+        &self.writer
+    }
+
     /// Answers when the database accepts a trivial query.
     pub async fn ping(&self) -> bool {
         let result = match &self.reader {

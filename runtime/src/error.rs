@@ -212,7 +212,8 @@ impl ApiError {
         }
     }
 
-    fn status(&self) -> StatusCode {
+    /// The HTTP status the error answers with.
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownTable { .. } | Self::RowNotFound { .. } | Self::NoSuchEndpoint { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

@@ -4,7 +4,8 @@
 //! Handlers receive the outcome as a [`Call`] (the caller and the generation it was
 //! authenticated under), so they never authenticate again and never see a half-applied reload.
 //! What the handler learned (table, verb, query shape, rows) reaches the audit line through
-//! [`pipeline::observed`].
+//! [`pipeline::observed`]. Requests the MCP endpoint answers are audited there, one line per
+//! tool call; the gate audits MCP requests it refuses itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::audit::{AuditRecord, Transport};
 use crate::auth::{ANONYMOUS_CALLER, Caller, authenticate};
 use crate::authz::Access;
 use crate::error::{ApiError, ErrorCode};
+use crate::mcp::AuditedByEndpoint;
 use crate::metrics::{AuthFailure, RequestOutcome};
 use crate::pipeline::{self, CallFacts};
 use crate::ratelimit::RateDecision;
@@ -57,6 +59,8 @@ impl FromRequestParts<Arc<AppState>> for Call {
 pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let live = state.live();
+    let mcp = live.config.mcp.enabled && request.uri().path() == live.config.mcp.path;
+    let transport = if mcp { Transport::Mcp } else { Transport::Rest };
     let mut record = AuditRecord::new(
         Utc::now(),
         request
@@ -64,7 +68,7 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_default(),
-        Transport::Rest,
+        transport,
         request.method().to_string(),
     );
     record.path = Some(request.uri().path().to_owned());
@@ -81,7 +85,10 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next
             state
                 .metrics
                 .record_auth_failure(auth_failure(request.headers(), &live));
-            let response = error.into_response();
+            let mut response = error.into_response();
+            if mcp && live.config.auth.jwt.is_some() {
+                response = crate::mcp::with_resource_metadata(response, request.headers(), &live.config.mcp.path);
+            }
             finish(&state, &live, record, CallFacts::default(), &response, started);
             return response;
         }
@@ -145,7 +152,7 @@ fn auth_failure(headers: &HeaderMap, live: &Live) -> AuthFailure {
     }
 }
 
-/// Counts the request and queues its audit line.
+/// Counts the request and queues its audit line, unless the MCP endpoint does that per call.
 fn finish(
     state: &AppState,
     live: &Live,
@@ -154,10 +161,13 @@ fn finish(
     response: &Response,
     started: Instant,
 ) {
+    if response.extensions().get::<AuditedByEndpoint>().is_some() {
+        return;
+    }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.record_request(&RequestOutcome {
-        transport: Transport::Rest,
+        transport: record.transport,
         table: facts.table.as_deref(),
         verb: facts.verb,
         status,

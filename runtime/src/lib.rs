@@ -33,6 +33,7 @@ pub mod gate;
 pub mod introspect;
 pub mod jwt;
 pub mod mask;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod pipeline;

@@ -220,6 +220,12 @@ fn print_banner(loaded: &Loaded, address: SocketAddr, examples: &Examples) {
     println!("  REST     {root}/<table>");
     println!("  OpenAPI  {root}/openapi.json   (each role sees only what it may use)");
     println!("  Docs     {root}/docs");
+    if config.mcp.enabled {
+        println!(
+            "  MCP      http://{host}{}   (for AI agents; see docs/mcp.md)",
+            config.mcp.path
+        );
+    }
     println!("  Health   http://{host}/healthz, http://{host}/readyz");
     if !loaded.generated_keys.is_empty() {
         println!("API keys (shown only now; they change at every start):");

@@ -1,6 +1,6 @@
 //! The README's first command, as a process: `sluice-runtime serve --manifests examples/quickstart`
 //! creates the sample database, prints an admin key and a working curl with it and without it,
-//! serves it, and stops cleanly on SIGTERM.
+//! serves REST and MCP with that key, and stops cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -9,19 +9,32 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (status, _, body) = http("GET", url, headers, None);
+    (status, body)
+}
+
+/// One HTTP/1.1 request: status, the raw head, and the body.
+fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String, String) {
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_once('/').expect("URL has a path");
     let mut stream = TcpStream::connect(host).expect("connect to the runtime");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set timeout");
-    let extra: String = headers
+    let mut extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
+    if let Some(body) = body {
+        extra.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     write!(
         stream,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n{}",
+        body.unwrap_or_default()
     )
     .expect("send request");
     let mut response = String::new();
@@ -31,11 +44,43 @@ fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// The quickstart's MCP endpoint with the printed key, as a 2025-11-25 agent talks to it:
+/// initialize, then call the named query `top_customers` in that session.
+fn mcp_calls_a_tool(endpoint: &str, header_name: &str, key: &str) {
+    let accept = ("Accept", "application/json, text/event-stream");
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"quickstart-test","version":"1"}}}"#;
+    let (status, head, body) = http("POST", endpoint, &[(header_name, key), accept], Some(initialize));
+    assert_eq!(status, 200, "MCP initialize with the printed key: {body}");
+    assert!(body.contains("sluice-shop"), "server info names the DataApi: {body}");
+    let session = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Mcp-Session-Id in:\n{head}"));
+    let in_session = [
+        (header_name, key),
+        accept,
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (status, _, body) = http("POST", endpoint, &in_session, Some(initialized));
+    assert_eq!(status, 202, "initialized notification: {body}");
+    let call =
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"top_customers","arguments":{"limit":2}}}"#;
+    let (status, _, body) = http("POST", endpoint, &in_session, Some(call));
+    assert_eq!(status, 200, "tools/call top_customers: {body}");
+    assert!(
+        body.contains("lifetime_value") && !body.contains("\"isError\":true"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -61,10 +106,13 @@ fn the_quickstart_serves_rows_and_stops_on_sigterm() {
         .expect("start sluice-runtime");
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut banner = Vec::new();
-    let (mut example, mut keyed) = (None, None);
+    let (mut example, mut keyed, mut mcp) = (None, None, None);
     for line in stdout.lines() {
         let line = line.expect("read the banner");
         banner.push(line.clone());
+        if let Some(rest) = line.trim().strip_prefix("MCP") {
+            mcp = rest.split_whitespace().next().map(str::to_owned);
+        }
         if let Some(command) = line.trim().strip_prefix("curl '") {
             example = command.split('\'').next().map(str::to_owned);
         }
@@ -103,6 +151,8 @@ fn the_quickstart_serves_rows_and_stops_on_sigterm() {
     );
     let (status, _) = http_get(&keyed, &[(header_name, "sluice_not_issued")]);
     assert_eq!(status, 401, "{keyed} with a key never issued");
+    let mcp = mcp.unwrap_or_else(|| panic!("no MCP endpoint in the banner:\n{}", banner.join("\n")));
+    mcp_calls_a_tool(&mcp, header_name, key);
     // The visitor's rate limit (burst 20), as the README's loop shows it.
     let statuses: Vec<u16> = (0..25).map(|_| http_get(&example, &[]).0).collect();
     assert!(

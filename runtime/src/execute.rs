@@ -191,19 +191,8 @@ async fn guarded_insert(
         .flatten()
         .collect();
     let written = keys_filter(table, &keys, &[])?;
-    check_inside(
-        tx,
-        engine,
-        table,
-        &written,
-        guard,
-        "an inserted row would not meet the role's row filter",
-    )
-    .await?;
-    let rows = match returning {
-        Some(fields) => read_back(tx, engine, table, fields, written, keys.len()).await?,
-        None => Vec::new(),
-    };
+    let check = Some((guard, "an inserted row would not meet the role's row filter"));
+    let rows = check_and_read_back(tx, engine, table, written, keys.len(), check, returning).await?;
     Ok(Outcome {
         rows,
         total: None,
@@ -287,6 +276,26 @@ fn keys_filter(table: &Table, keys: &[String], assignments: &[(Column, BindValue
     })
 }
 
+/// Checks the `count` rows `written` selects against the guard, when there is one, then reads
+/// them back when the client asked for them.
+async fn check_and_read_back(
+    tx: &mut Tx,
+    engine: Engine,
+    table: &Table,
+    written: Filter,
+    count: usize,
+    check: Option<(&WriteGuard, &'static str)>,
+    returning: Option<&[Field]>,
+) -> Result<Vec<String>, ApiError> {
+    if let Some((guard, reason)) = check {
+        check_inside(tx, engine, table, &written, guard, reason).await?;
+    }
+    match returning {
+        Some(fields) => read_back(tx, engine, table, fields, written, count).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Reads written rows back in primary-key order.
 async fn read_back(
     tx: &mut Tx,
@@ -358,21 +367,8 @@ async fn update_by_keys(
         .collect();
     let affected = tx.execute(&sql::update(engine, table, update, None)).await?;
     let written = keys_filter(table, &keys, &update.assignments)?;
-    if let Some(guard) = guard {
-        check_inside(
-            tx,
-            engine,
-            table,
-            &written,
-            guard,
-            "the update would move a row outside the role's row filter",
-        )
-        .await?;
-    }
-    let rows = match returning {
-        Some(fields) => read_back(tx, engine, table, fields, written, keys.len()).await?,
-        None => Vec::new(),
-    };
+    let check = guard.map(|guard| (guard, "the update would move a row outside the role's row filter"));
+    let rows = check_and_read_back(tx, engine, table, written, keys.len(), check, returning).await?;
     Ok(Outcome {
         rows,
         total: None,

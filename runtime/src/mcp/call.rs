@@ -376,42 +376,10 @@ struct DeleteArguments {
 #[serde(deny_unknown_fields)]
 struct FilterArgument {
     column: String,
-    op: Operator,
+    op: FilterOperator,
     value: Value,
     #[serde(default)]
     negate: bool,
-}
-
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Operator {
-    Eq,
-    Neq,
-    Gt,
-    Gte,
-    Lt,
-    Lte,
-    Like,
-    Ilike,
-    In,
-    Is,
-}
-
-impl Operator {
-    fn filter_operator(self) -> FilterOperator {
-        match self {
-            Operator::Eq => FilterOperator::Eq,
-            Operator::Neq => FilterOperator::Neq,
-            Operator::Gt => FilterOperator::Gt,
-            Operator::Gte => FilterOperator::Gte,
-            Operator::Lt => FilterOperator::Lt,
-            Operator::Lte => FilterOperator::Lte,
-            Operator::Like => FilterOperator::Like,
-            Operator::Ilike => FilterOperator::Ilike,
-            Operator::In => FilterOperator::In,
-            Operator::Is => FilterOperator::Is,
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -446,29 +414,29 @@ fn conditions(filters: &[FilterArgument]) -> Result<Vec<Condition>, ApiError> {
         .iter()
         .map(|filter| {
             let operand = match (filter.op, &filter.value) {
-                (Operator::Is, Value::Null) => Operand::Is(IsValue::Null),
-                (Operator::Is, Value::Bool(true)) => Operand::Is(IsValue::True),
-                (Operator::Is, Value::Bool(false)) => Operand::Is(IsValue::False),
-                (Operator::Is, other) => {
+                (FilterOperator::Is, Value::Null) => Operand::Is(IsValue::Null),
+                (FilterOperator::Is, Value::Bool(true)) => Operand::Is(IsValue::True),
+                (FilterOperator::Is, Value::Bool(false)) => Operand::Is(IsValue::False),
+                (FilterOperator::Is, other) => {
                     return Err(ApiError::bad_query(
                         format!("the is filter on \"{}\" got {other}", filter.column),
                         "is takes null, true or false",
                     ));
                 }
-                (Operator::In, Value::Array(items)) => Operand::List(
+                (FilterOperator::In, Value::Array(items)) => Operand::List(
                     items
                         .iter()
                         .map(|item| scalar_text(&filter.column, item))
                         .collect::<Result<_, _>>()?,
                 ),
-                (Operator::In, other) => {
+                (FilterOperator::In, other) => {
                     return Err(ApiError::bad_query(
                         format!("the in filter on \"{}\" got {other}", filter.column),
                         "in takes an array of values, e.g. [1, 2, 3]",
                     ));
                 }
                 // As in REST, `*` is a wildcard too, since `%` needs escaping in URLs.
-                (Operator::Like | Operator::Ilike, value) => {
+                (FilterOperator::Like | FilterOperator::Ilike, value) => {
                     Operand::Scalar(scalar_text(&filter.column, value)?.replace('*', "%"))
                 }
                 (_, value) => Operand::Scalar(scalar_text(&filter.column, value)?),
@@ -476,7 +444,7 @@ fn conditions(filters: &[FilterArgument]) -> Result<Vec<Condition>, ApiError> {
             Ok(Condition::Predicate {
                 column: filter.column.clone(),
                 negated: filter.negate,
-                operator: filter.op.filter_operator(),
+                operator: filter.op,
                 operand,
             })
         })

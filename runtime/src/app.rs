@@ -72,9 +72,16 @@ pub struct AppState {
     pub limiter: RateLimiter,
     audit: AuditLog,
     schema: RwLock<Option<Arc<Schema>>>,
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl AppState {
+    /// Changes each time a new config is applied, for whoever must tell clients (MCP sessions
+    /// are sent `notifications/tools/list_changed`).
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
     /// The current configuration generation.
     pub fn live(&self) -> Arc<Live> {
         match self.live.read() {
@@ -137,6 +144,7 @@ impl AppState {
             Err(poisoned) => *poisoned.into_inner() = live,
         }
         self.metrics.record_reload(true);
+        self.reloads.send_modify(|generation| *generation += 1);
         tracing::info!("configuration reloaded");
         if exposure_changed && let Err(error) = self.reload_schema().await {
             tracing::warn!(%error, "schema reload after the config change failed; keeping the previous schema");
@@ -188,6 +196,7 @@ pub fn build_app(config: RuntimeConfig, database: Database, audit: AuditLog) -> 
         limiter: RateLimiter::new(),
         audit,
         schema: RwLock::new(None),
+        reloads: tokio::sync::watch::Sender::new(0),
     });
     tokio::spawn(keep_schema_loaded(state.clone()));
     let router = router(state.clone());

@@ -106,6 +106,8 @@ struct Api {
     cleanup: Cleanup,
     audit_path: PathBuf,
     audit_writer: Option<AuditWriter>,
+    state: std::sync::Arc<sluice_runtime::AppState>,
+    config: sluice_crds::RuntimeConfig,
 }
 
 /// What to remove when a fixture ends.
@@ -207,12 +209,12 @@ impl Api {
             .await
             .expect("create the audit file");
         let (audit, audit_writer) = AuditLog::start(audit_file);
-        let app = sluice_runtime::build_app(config, database.clone(), audit).expect("the fixture builds");
+        let app = sluice_runtime::build_app(config.clone(), database.clone(), audit).expect("the fixture builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         tokio::spawn(sluice_runtime::server::serve(
             listener,
-            app.router,
+            app.router.clone(),
             std::future::pending(),
         ));
         let api = Self {
@@ -222,6 +224,8 @@ impl Api {
             cleanup,
             audit_path,
             audit_writer: Some(audit_writer),
+            state: app.state.clone(),
+            config,
         };
         for _ in 0..100 {
             if api.raw(reqwest::Method::GET, "/readyz", &[], None).await.0 == 200 {
@@ -1138,5 +1142,82 @@ async fn row_filters_masks_rate_limits_and_audit_apply_to_tool_calls() {
         refused,
         statuses.iter().filter(|status| **status == 429).count(),
         "429s are audited too"
+    );
+}
+
+/// A 2025-11-25 session hears `notifications/tools/list_changed` on its stream when a config
+/// reload may have changed its tools, and lists the new tools.
+#[tokio::test]
+async fn a_config_reload_tells_sessions_their_tool_list_changed() {
+    let api = Api::start("reload").await;
+    let key = api.keys["clerk"].clone();
+    let client = reqwest::Client::new();
+    let url = api.url();
+    let post = |body: &'static str, session: Option<String>| {
+        let mut request = client
+            .post(&url)
+            .header(KEY_HEADER, &key)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.send()
+    };
+    let initialized = post(INITIALIZE, None).await.expect("initialize");
+    let session = initialized
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|value| value.to_str().ok())
+        .expect("a session id")
+        .to_owned();
+    let notified = post(
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        Some(session.clone()),
+    )
+    .await
+    .expect("initialized");
+    assert_eq!(notified.status(), 202);
+    let mut stream = client
+        .get(&url)
+        .header(KEY_HEADER, &key)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("open the session's stream");
+    assert_eq!(stream.status(), 200);
+    let mut changed = api.config.clone();
+    changed
+        .roles
+        .get_mut("clerk")
+        .expect("clerk")
+        .rules
+        .retain(|rule| !rule.tables.iter().any(|table| table.starts_with("_query/")));
+    api.state.apply(changed).await.expect("the new config applies");
+    let mut received = String::new();
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            received.push_str(&String::from_utf8_lossy(&chunk));
+            if received.contains("notifications/tools/list_changed") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        heard,
+        Ok(true),
+        "no list_changed notification on the stream: {received}"
+    );
+    let tools = api.client("clerk", true).await;
+    assert!(
+        !tool_names(&tools).await.iter().any(|name| name == "top_customers"),
+        "the new list no longer offers the named query"
     );
 }

@@ -36,7 +36,7 @@ use rmcp::model::{
     ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
     ServerConfig,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{RoleServer, ServerHandler};
@@ -272,6 +272,21 @@ impl ServerHandler for DataApiServer {
                 .with_description("Governed access to one database's tables: no SQL, only what your role may see"),
         )
         .with_instructions(tools::instructions(config))
+    }
+
+    /// Tells a 2025-11-25 session when a config reload may have changed its tool list; clients
+    /// of 2026-07-28 have no session and re-list after the list's `ttlMs`.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut reloads = self.state.reloads();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while reloads.changed().await.is_ok() && !peer.is_transport_closed() {
+                if let Err(error) = peer.notify_tool_list_changed().await {
+                    tracing::debug!(%error, "an MCP session went away before hearing of a reload");
+                    break;
+                }
+            }
+        });
     }
 
     async fn list_tools(

@@ -8,7 +8,6 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, PodSpec, Secret};
@@ -24,34 +23,41 @@ const LOG_TAIL_LINES: usize = 40;
 /// How often the simulated kubelet compares a mounted Secret with the API server's copy.
 const KUBELET_SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
-/// The path of the workspace binary `binary` of `package`, built on first use. Cargo builds only
-/// a test crate's own binaries before its tests, and these belong to other packages.
-pub fn workspace_binary(package: &str, binary: &str) -> PathBuf {
-    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
-    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(path) = built.get(binary) {
-        return path.clone();
-    }
+/// Workspace binaries, each given as `(package, binary)`, built by one `cargo build` (one wait for
+/// the build directory's lock, which other builds may hold) and linked into `dir`; returns their
+/// paths there. Cargo builds only a test crate's own binaries before its tests, and these belong
+/// to other packages.
+///
+/// The links keep the files this build produced: a later build in the same target directory
+/// (another checkout sharing it, say) replaces `<target>/<profile>/<binary>` with a new file
+/// rather than rewriting it in place.
+pub fn workspace_binaries<const N: usize>(binaries: [(&str, &str); N], dir: &Path) -> [PathBuf; N] {
     // The test runs as <target>/<profile>/deps/<test>-<hash>.
     let test_exe = std::env::current_exe().expect("the test executable's path");
     let profile_dir = test_exe.parent().and_then(Path::parent).expect("<target>/<profile>");
     let target_dir = profile_dir.parent().expect("<target>");
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build
-        .args(["build", "--quiet", "-p", package, "--bin", binary, "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    build.args(["build", "--quiet", "--target-dir"]).arg(target_dir);
+    for (package, binary) in binaries {
+        build.args(["-p", package, "--bin", binary]);
+    }
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }
-    let status = build.status().expect("cargo runs");
-    assert!(
-        status.success(),
-        "cargo build -p {package} --bin {binary} failed: {status}"
-    );
-    let path = profile_dir.join(binary);
-    built.insert(binary.to_owned(), path.clone());
-    path
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "cargo build of {binaries:?} failed: {status}");
+    binaries.map(|(_, binary)| {
+        let built = profile_dir.join(binary);
+        let kept = dir.join(binary);
+        let _ = std::fs::remove_file(&kept);
+        std::fs::hard_link(&built, &kept)
+            .or_else(|_| std::fs::copy(&built, &kept).map(|_| ()))
+            .unwrap_or_else(|e| panic!("cannot keep {} as {}: {e}", built.display(), kept.display()));
+        kept
+    })
 }
 
 /// A free port on 127.0.0.1.

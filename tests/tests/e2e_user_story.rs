@@ -409,8 +409,8 @@ async fn start_operator(
     (operator, metrics)
 }
 
-/// Step 4: the runtime as the Deployment's pod would run it. Returns the process, its address,
-/// the simulated kubelet and the config it serves.
+/// Step 4: the runtime as the Deployment's pod would run it. Returns the process, its address
+/// and the simulated kubelet that keeps its config file in step with the config Secret.
 async fn start_runtime(
     binary: &std::path::Path,
     client: &kube::Client,
@@ -780,7 +780,7 @@ async fn check_mcp(address: SocketAddr, path: &str, analyst_key: &str) {
     );
 }
 
-/// The pod template's identity: its JSON and the restart-hash annotation.
+/// The runtime Deployment's pod template (as JSON) and generation: what a rollout would change.
 async fn pod_template(deployments: &Api<Deployment>) -> (Value, Option<i64>) {
     let deployment = deployments.get(WORKLOAD).await.expect("the runtime Deployment");
     let template = serde_json::to_value(&deployment.spec.as_ref().expect("a spec").template).expect("serialise");

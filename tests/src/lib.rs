@@ -2,6 +2,7 @@
 
 pub mod controlplane;
 pub mod crds;
+pub mod e2e;
 pub mod private_db;
 pub mod runtime;
 pub mod services;

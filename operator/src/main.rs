@@ -125,10 +125,17 @@ async fn operate(args: Args) -> Result<(), Failure> {
         runtime_image: args.runtime_image,
         resync: Duration::from_secs(args.resync_seconds),
     };
-    let scopes: Vec<Option<String>> = if args.namespaces.is_empty() {
+    // The chart passes an empty SLUICE_WATCH_NAMESPACES for "all namespaces"; empty entries name none.
+    let namespaces: Vec<String> = args
+        .namespaces
+        .into_iter()
+        .map(|namespace| namespace.trim().to_owned())
+        .filter(|namespace| !namespace.is_empty())
+        .collect();
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
-        args.namespaces.into_iter().map(Some).collect()
+        namespaces.into_iter().map(Some).collect()
     };
     // Each controller stops on SIGTERM or Ctrl-C by itself (`shutdown_on_signal`).
     let controllers = futures::future::join_all(scopes.into_iter().map(|namespace| {

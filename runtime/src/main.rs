@@ -45,9 +45,17 @@ struct ServeArgs {
     /// or shop.sql beside the manifests (the quickstart ships shop.sql).
     #[arg(long, value_name = "FILE")]
     seed_sql: Option<PathBuf>,
-    /// Log one JSON object per line (for log collectors) instead of text. RUST_LOG sets the level.
-    #[arg(long, env = "SLUICE_LOG_JSON")]
-    log_json: bool,
+    /// Log format: `json` (one object per line, for log collectors, as the operator sets in
+    /// pods) or `text`. RUST_LOG sets the level. Logs go to standard error; audit lines to
+    /// standard output.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -57,7 +65,7 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if args.log_json {
+    if args.log_format == LogFormat::Json {
         logs.json().init();
     } else {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

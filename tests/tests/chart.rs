@@ -175,6 +175,8 @@ async fn the_operator_may_do_what_it_uses_and_nothing_more() {
         ("list", "dataapis.sluice.dev", Some(&watched), true),
         ("watch", "apiroles.sluice.dev", Some(&watched), true),
         ("patch", "dataapis.sluice.dev/status", Some(&watched), true),
+        ("update", "dataapis.sluice.dev/finalizers", Some(&watched), true),
+        ("update", "dataapis.sluice.dev", Some(&watched), false),
         ("patch", "deployments.apps", Some(&watched), true),
         ("create", "secrets", Some(&watched), true),
         ("delete", "poddisruptionbudgets.policy", Some(&watched), true),

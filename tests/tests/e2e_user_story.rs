@@ -256,6 +256,7 @@ async fn check_rbac(cp: &ControlPlane, release_namespace: &str, team: &str, acco
         ("list", "dataapis.sluice.dev", None, true),
         ("watch", "apiroles.sluice.dev", None, true),
         ("patch", "dataapis.sluice.dev/status", Some(team), true),
+        ("update", "dataapis.sluice.dev/finalizers", Some(team), true),
         ("patch", "apiroles.sluice.dev/status", Some(team), true),
         ("get", "secrets", Some(team), true),
         ("create", "secrets", Some(team), true),

@@ -31,6 +31,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: ["sluice.dev"]
   resources: ["dataapis/status", "apiroles/status"]
   verbs: ["get", "patch"]
+# Children carry owner references with blockOwnerDeletion, which clusters enforcing
+# OwnerReferencesPermissionEnforcement (OpenShift) allow only to who may update the owner's finalizers.
+- apiGroups: ["sluice.dev"]
+  resources: ["dataapis/finalizers", "apiroles/finalizers"]
+  verbs: ["update"]
 # Config Secrets are applied, generated key Secrets created once and deleted when revoked; DSN
 # and key Secrets are read; every Secret is watched, metadata only.
 - apiGroups: [""]

@@ -275,6 +275,9 @@ impl Pool {
                 ]);
                 Pool::Postgres(
                     PgPoolOptions::new()
+                        // sqlx already pings every connection when it returns to the pool; a
+                        // second ping before each use doubled the round trips of a read.
+                        .test_before_acquire(false)
                         .max_connections(pool.max_connections)
                         .min_connections(min_connections)
                         .acquire_timeout(acquire)

@@ -268,6 +268,10 @@ impl Pool {
                 let options = PgConnectOptions::from_str(url).map_err(invalid)?.options([
                     ("statement_timeout", statement_timeout_ms.to_string()),
                     ("TimeZone", "UTC".to_owned()),
+                    // Plan each statement once per connection. Under `auto`, a role's row-filter
+                    // value, bound like every value, made PostgreSQL's generic plan look costlier
+                    // than a custom one, so it planned the list query again on every execution.
+                    ("plan_cache_mode", "force_generic_plan".to_owned()),
                     (
                         "default_transaction_read_only",
                         if read_only { "on" } else { "off" }.to_owned(),

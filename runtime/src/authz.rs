@@ -21,6 +21,7 @@
 //! row, so a caller never sees more because its token lacks a claim.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, Weak};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::{Map, Value};
@@ -37,7 +38,33 @@ use crate::schema::{Schema, Table};
 /// Every role's rules, with their table globs compiled once per config.
 #[derive(Debug, Default)]
 pub struct Policy {
-    roles: BTreeMap<String, Vec<CompiledRule>>,
+    roles: BTreeMap<String, CompiledRole>,
+}
+
+#[derive(Debug, Default)]
+struct CompiledRole {
+    rules: Vec<CompiledRule>,
+    view: ViewCache,
+}
+
+/// The role's last view and the schema it was taken of. A view depends only on the rules and
+/// the schema, so it is computed once per role and schema load instead of once per request.
+/// The schema is held weakly: a reloaded schema is a new allocation, which never matches.
+#[derive(Debug, Default)]
+struct ViewCache(Mutex<Option<(Weak<Schema>, Arc<Schema>)>>);
+
+impl ViewCache {
+    fn get_or_compute(&self, schema: &Arc<Schema>, compute: impl FnOnce() -> Schema) -> Arc<Schema> {
+        let mut cached = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((of, view)) = cached.as_ref()
+            && Weak::as_ptr(of) == Arc::as_ptr(schema)
+        {
+            return view.clone();
+        }
+        let view = Arc::new(compute());
+        *cached = Some((Arc::downgrade(schema), view.clone()));
+        view
+    }
 }
 
 #[derive(Debug)]
@@ -64,16 +91,24 @@ impl Policy {
                     }
                 }
             }
-            roles.insert(name.clone(), compiled);
+            roles.insert(
+                name.clone(),
+                CompiledRole {
+                    rules: compiled,
+                    view: ViewCache::default(),
+                },
+            );
         }
         Self { roles }
     }
 
     /// What `caller` may do. A role missing from the config grants nothing.
     pub fn access<'p>(&'p self, caller: &'p Caller) -> Access<'p> {
+        let role = self.roles.get(&caller.role);
         Access {
             role: &caller.role,
-            rules: self.roles.get(&caller.role).map(Vec::as_slice).unwrap_or_default(),
+            rules: role.map(|role| role.rules.as_slice()).unwrap_or_default(),
+            view: role.map(|role| &role.view),
             claims: &caller.claims,
         }
     }
@@ -113,6 +148,7 @@ pub struct WriteGuard {
 pub struct Access<'p> {
     role: &'p str,
     rules: &'p [CompiledRule],
+    view: Option<&'p ViewCache>,
     claims: &'p Map<String, Value>,
 }
 
@@ -182,6 +218,15 @@ impl Access<'_> {
             });
         }
         Schema { tables }
+    }
+
+    /// [`Access::view`] of the loaded schema, computed once per role and schema load and
+    /// shared by every request until either changes.
+    pub fn shared_view(&self, schema: &Arc<Schema>) -> Arc<Schema> {
+        match self.view {
+            Some(cache) => cache.get_or_compute(schema, || self.view(schema)),
+            None => Arc::new(self.view(schema)),
+        }
     }
 
     /// `table` with only the columns visible for `verb`, and only the keys made of them.
@@ -649,6 +694,27 @@ mod tests {
             view.tables["orders"].foreign_keys.is_empty(),
             "a hidden foreign key cannot embed"
         );
+    }
+
+    #[test]
+    fn the_shared_view_is_computed_once_per_schema_load() {
+        let policy = policy(json!([{ "tables": ["customers"], "verbs": ["read"], "fields": { "deny": ["email"] } }]));
+        let caller = caller();
+        let access = policy.access(&caller);
+        let loaded = Arc::new(schema());
+        let first = access.shared_view(&loaded);
+        assert!(
+            Arc::ptr_eq(&first, &access.shared_view(&loaded)),
+            "the same load reuses the view"
+        );
+        assert_eq!(
+            columns(&first, "customers"),
+            columns(&access.view(&loaded), "customers")
+        );
+        let mut reloaded = schema();
+        reloaded.tables.remove("customers");
+        let second = access.shared_view(&Arc::new(reloaded));
+        assert!(second.tables.is_empty(), "a reloaded schema gets a fresh view");
     }
 
     #[test]

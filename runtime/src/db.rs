@@ -5,18 +5,23 @@
 //! the engine itself keeps read-only (PostgreSQL `default_transaction_read_only`, MySQL
 //! `SET SESSION TRANSACTION READ ONLY`, SQLite `PRAGMA query_only`), so a bug in the SQL builder
 //! still cannot change data on a read path. Writes take a connection from the writer pool. Each
-//! pool opens up to `pool.maxConnections`, lazily, so a read-only workload never opens a writer.
+//! pool opens up to `pool.maxConnections`, lazily, so a read-only workload never opens a writer;
+//! the reader pool opens one more, which health checks and schema loads use while every other
+//! reader connection is parked (see [`Parking`]).
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sluice_crds::dataapi::{Engine, PoolSpec};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Executor, MySql, Postgres, Sqlite, Transaction};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::ApiError;
 use crate::sql::{BindValue, Statement};
@@ -39,6 +44,144 @@ pub enum ConnectError {
 pub struct Database {
     reader: Pool,
     writer: Pool,
+    reads: Arc<Reads>,
+}
+
+/// The parked read connections of the reader pool, per engine.
+#[derive(Debug)]
+enum Reads {
+    Postgres(Parking<Postgres>),
+    Mysql(Parking<MySql>),
+    Sqlite(Parking<Sqlite>),
+}
+
+/// How long a read connection may stay out of sqlx's pool: after that it goes back through the
+/// pool's checks (a ping, the idle and lifetime limits) once, and may be taken out again.
+const PARKING_LEASE: Duration = Duration::from_secs(60);
+
+/// Read connections kept out of sqlx's pool between reads.
+///
+/// sqlx pings every connection that comes back to its pool, a round trip to the database in a
+/// task of its own, and cannot be told not to: for a one-statement read that doubled the round
+/// trips, and the database's CPU per request with them. A read that succeeded leaves its
+/// connection idle and clean, so it is parked here and the next read takes it as it is. A
+/// connection goes back to the pool after an error, when its read was cancelled (the future
+/// dropped mid-statement), and at the first release after [`PARKING_LEASE`]. At most
+/// `maxConnections` reads hold a connection at a time, so a read finding nothing parked always
+/// finds room in the pool; the pool's one extra connection serves health checks and schema loads.
+struct Parking<DB: sqlx::Database> {
+    pool: sqlx::Pool<DB>,
+    parked: Mutex<Vec<Parked<DB>>>,
+    permits: Semaphore,
+    acquire_timeout: Duration,
+}
+
+struct Parked<DB: sqlx::Database> {
+    connection: PoolConnection<DB>,
+    /// When the connection left the pool.
+    taken: Instant,
+}
+
+/// A read connection in use, with the permit that let the read take it.
+struct Lease<'a, DB: sqlx::Database> {
+    connection: PoolConnection<DB>,
+    taken: Instant,
+    /// Taken from the parked ones, so it may have been closed by the server while it waited.
+    was_parked: bool,
+    parking: &'a Parking<DB>,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl<DB: sqlx::Database> std::fmt::Debug for Parking<DB> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Parking")
+            .field("parked", &self.parked_count())
+            .field("permits", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: sqlx::Database> Parking<DB> {
+    fn new(pool: sqlx::Pool<DB>, spec: &PoolSpec) -> Self {
+        Self {
+            pool,
+            parked: Mutex::new(Vec::new()),
+            permits: Semaphore::new(spec.max_connections as usize),
+            acquire_timeout: Duration::from_millis(u64::from(spec.acquire_timeout_ms)),
+        }
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, Vec<Parked<DB>>> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn parked_count(&self) -> usize {
+        self.parked().len()
+    }
+
+    /// A connection for one read: the most recently parked one unless `fresh`, else one from
+    /// the pool (which checks it first).
+    async fn lease(&self, fresh: bool) -> Result<Lease<'_, DB>, ApiError> {
+        let permit = match tokio::time::timeout(self.acquire_timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(ApiError::from_database(sqlx::Error::PoolClosed)),
+            Err(_) => return Err(ApiError::from_database(sqlx::Error::PoolTimedOut)),
+        };
+        if !fresh {
+            // Connections whose lease is over go back to the pool as they are dropped here.
+            loop {
+                let next = self.parked().pop();
+                let Some(parked) = next else { break };
+                if parked.taken.elapsed() < PARKING_LEASE {
+                    return Ok(Lease {
+                        connection: parked.connection,
+                        taken: parked.taken,
+                        was_parked: true,
+                        parking: self,
+                        _permit: permit,
+                    });
+                }
+            }
+        }
+        let connection = self.pool.acquire().await.map_err(ApiError::from_database)?;
+        Ok(Lease {
+            connection,
+            taken: Instant::now(),
+            was_parked: false,
+            parking: self,
+            _permit: permit,
+        })
+    }
+
+    /// Hands every parked connection back to the pool, which checks each before reuse.
+    fn unpark_all(&self) {
+        let parked = std::mem::take(&mut *self.parked());
+        drop(parked);
+    }
+}
+
+impl<DB: sqlx::Database> Lease<'_, DB> {
+    /// Parks the connection for the next read, or gives it back to the pool once its lease is over.
+    fn park(self) {
+        if self.taken.elapsed() < PARKING_LEASE {
+            self.parking.parked().push(Parked {
+                connection: self.connection,
+                taken: self.taken,
+            });
+        }
+    }
+}
+
+/// Whether `error` says the connection itself is gone (closed by the server or the network),
+/// rather than that the statement failed: a read meeting it on a parked connection is retried once.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        // PostgreSQL's admin_shutdown and crash_shutdown, sent just before it closes the socket.
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| matches!(&*code, "57P01" | "57P02")),
+        _ => false,
+    }
 }
 
 /// A connection pool to one of the supported engines.
@@ -125,6 +268,40 @@ macro_rules! fetch_strings_on {
     }};
 }
 
+/// Runs a read on a parked connection, or on a fresh one from the pool once when the parked one
+/// turns out to be closed.
+macro_rules! fetch_strings_parked {
+    ($parking:expr, $statement:expr, $bind:ident) => {{
+        let mut fresh = false;
+        loop {
+            let mut lease = $parking.lease(fresh).await?;
+            let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
+            let fetched: Result<Vec<Option<String>>, sqlx::Error> = async {
+                let mut rows = query.fetch(&mut *lease.connection);
+                let mut values = Vec::new();
+                while let Some(row) = rows.try_next().await? {
+                    values.push(sqlx::Row::try_get::<Option<String>, _>(&row, 0)?);
+                }
+                Ok(values)
+            }
+            .await;
+            match fetched {
+                Ok(values) => {
+                    lease.park();
+                    break Ok(values);
+                }
+                Err(error) if lease.was_parked && !fresh && connection_lost(&error) => {
+                    tracing::info!(%error, "a parked read connection was closed; retrying on a fresh one");
+                    // The others most likely went with it (a server restart): let the pool check them.
+                    $parking.unpark_all();
+                    fresh = true;
+                }
+                Err(error) => break Err(ApiError::from_database(error)),
+            }
+        }
+    }};
+}
+
 macro_rules! execute_on {
     ($executor:expr, $statement:expr, $bind:ident) => {{
         let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
@@ -140,9 +317,16 @@ impl Database {
     /// Opens the reader and writer pools. Connections are made lazily, so a database that is
     /// down at start only delays readiness instead of failing the process.
     pub fn connect(engine: Engine, url: &str, pool: &PoolSpec) -> Result<Self, ConnectError> {
+        let reader = Pool::connect(engine, url, pool, Access::ReadOnly)?;
+        let reads = match &reader {
+            Pool::Postgres(reader) => Reads::Postgres(Parking::new(reader.clone(), pool)),
+            Pool::Mysql(reader) => Reads::Mysql(Parking::new(reader.clone(), pool)),
+            Pool::Sqlite(reader) => Reads::Sqlite(Parking::new(reader.clone(), pool)),
+        };
         Ok(Self {
-            reader: Pool::connect(engine, url, pool, Access::ReadOnly)?,
+            reader,
             writer: Pool::connect(engine, url, pool, Access::ReadWrite)?,
+            reads: Arc::new(reads),
         })
     }
 
@@ -183,10 +367,10 @@ impl Database {
     /// Runs the read `statement` on a read-only connection and returns its first column, as
     /// text, for every row.
     pub async fn fetch_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
-        match &self.reader {
-            Pool::Postgres(pool) => fetch_strings_on!(pool, statement, bind_postgres),
-            Pool::Mysql(pool) => fetch_strings_on!(pool, statement, bind_mysql),
-            Pool::Sqlite(pool) => fetch_strings_on!(pool, statement, bind_sqlite),
+        match &*self.reads {
+            Reads::Postgres(parking) => fetch_strings_parked!(parking, statement, bind_postgres),
+            Reads::Mysql(parking) => fetch_strings_parked!(parking, statement, bind_mysql),
+            Reads::Sqlite(parking) => fetch_strings_parked!(parking, statement, bind_sqlite),
         }
     }
 
@@ -227,6 +411,12 @@ impl Database {
             usage.idle += idle as u64;
             usage.max += u64::from(max);
         }
+        // Parked connections are idle too, though sqlx counts them as taken.
+        usage.idle += match &*self.reads {
+            Reads::Postgres(parking) => parking.parked_count(),
+            Reads::Mysql(parking) => parking.parked_count(),
+            Reads::Sqlite(parking) => parking.parked_count(),
+        } as u64;
         usage
     }
 }
@@ -264,6 +454,13 @@ impl Pool {
         let read_only = access == Access::ReadOnly;
         // The writer opens connections only when a write needs one.
         let min_connections = if read_only { pool.min_connections } else { 0 };
+        // Reads hold at most `max_connections` (see `Parking`); the reader's extra one is for
+        // health checks and schema loads.
+        let max_connections = if read_only {
+            pool.max_connections.saturating_add(1)
+        } else {
+            pool.max_connections
+        };
         let invalid = |source| ConnectError::InvalidUrl {
             engine: engine.as_str(),
             source,
@@ -273,6 +470,10 @@ impl Pool {
                 let options = PgConnectOptions::from_str(url).map_err(invalid)?.options([
                     ("statement_timeout", statement_timeout_ms.to_string()),
                     ("TimeZone", "UTC".to_owned()),
+                    // Plan each statement once per connection. Under `auto`, a role's row-filter
+                    // value, bound like every value, made PostgreSQL's generic plan look costlier
+                    // than a custom one, so it planned the list query again on every execution.
+                    ("plan_cache_mode", "force_generic_plan".to_owned()),
                     (
                         "default_transaction_read_only",
                         if read_only { "on" } else { "off" }.to_owned(),
@@ -280,7 +481,7 @@ impl Pool {
                 ]);
                 Pool::Postgres(
                     PgPoolOptions::new()
-                        .max_connections(pool.max_connections)
+                        .max_connections(max_connections)
                         .min_connections(min_connections)
                         .acquire_timeout(acquire)
                         .connect_lazy_with(options),
@@ -292,7 +493,7 @@ impl Pool {
                     .timezone(Some("+00:00".to_owned()));
                 Pool::Mysql(
                     MySqlPoolOptions::new()
-                        .max_connections(pool.max_connections)
+                        .max_connections(max_connections)
                         .min_connections(min_connections)
                         .acquire_timeout(acquire)
                         .after_connect(move |connection, _| {
@@ -326,7 +527,7 @@ impl Pool {
                     .pragma("query_only", if read_only { "ON" } else { "OFF" });
                 Pool::Sqlite(
                     SqlitePoolOptions::new()
-                        .max_connections(pool.max_connections)
+                        .max_connections(max_connections)
                         .min_connections(min_connections)
                         .acquire_timeout(acquire)
                         .connect_lazy_with(options),
@@ -368,5 +569,75 @@ impl Tx {
             Tx::Sqlite(tx) => tx.commit().await,
         }
         .map_err(ApiError::from_database)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Statement {
+        Statement {
+            text: text.to_owned(),
+            binds: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_park_their_connection_and_take_it_again() {
+        let spec = PoolSpec {
+            max_connections: 2,
+            ..PoolSpec::default()
+        };
+        let database = Database::connect(Engine::Sqlite, "sqlite::memory:", &spec).expect("sqlite opens");
+        let first = database.fetch_strings(&read("SELECT 'one'")).await.expect("first read");
+        assert_eq!(first, [Some("one".to_owned())]);
+        let usage = database.pool_usage();
+        assert_eq!(
+            (usage.open, usage.idle),
+            (1, 1),
+            "the connection is parked, idle: {usage:?}"
+        );
+        database
+            .fetch_strings(&read("SELECT 'two'"))
+            .await
+            .expect("second read");
+        assert_eq!(
+            database.pool_usage().open,
+            1,
+            "the second read reused the parked connection"
+        );
+    }
+
+    /// Needs the test PostgreSQL (`source scripts/services.sh`); skipped without it.
+    #[tokio::test]
+    async fn a_read_on_a_parked_connection_the_server_closed_is_retried_on_a_fresh_one() {
+        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+            return;
+        };
+        let spec = PoolSpec {
+            max_connections: 1,
+            ..PoolSpec::default()
+        };
+        let database = Database::connect(Engine::Postgres, &url, &spec).expect("valid URL");
+        let backend = read("SELECT pg_backend_pid()::text");
+        let parked = database.fetch_strings(&backend).await.expect("first read");
+        let terminated = read(&format!(
+            "SELECT pg_terminate_backend({})::text",
+            parked[0].as_deref().expect("a pid")
+        ));
+        assert_eq!(
+            database
+                .begin()
+                .await
+                .expect("writer")
+                .fetch_strings(&terminated)
+                .await
+                .expect("terminate"),
+            [Some("true".to_owned())]
+        );
+        let again = database.fetch_strings(&backend).await.expect("the read is retried");
+        assert_ne!(again, parked, "the retry ran on another connection");
     }
 }

@@ -145,7 +145,7 @@ pub async fn read_rows(
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
     let access = call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     let mut query = query_pairs(&uri)?;
     apply_range(&headers, &mut query)?;
@@ -177,7 +177,7 @@ pub async fn read_row(
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
     let access = call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     let query = query_pairs(&uri)?;
     let mut read = plan::read(&view, table, &query, paging(&call.live.config))?;
@@ -279,7 +279,7 @@ pub async fn create_rows(
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
     let access = call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     let preferences = Preferences::from_headers(&headers);
     let verbs: &[Verb] = if preferences.merge_duplicates {
@@ -340,7 +340,7 @@ pub async fn update_rows(
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
     let access = call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Update])?;
     let query = query_pairs(&uri)?;
@@ -380,7 +380,7 @@ pub async fn delete_rows(
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
     let access = call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     access.require(&table.name, &[Verb::Delete])?;
     let query = query_pairs(&uri)?;
@@ -428,7 +428,7 @@ pub async fn update_row(
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
     let access = call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Update])?;
     plan::check_writable(table, call.live.config.database.read_only)?;
@@ -463,7 +463,7 @@ pub async fn replace_row(
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
     let access = call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Create, Verb::Update])?;
     plan::check_writable(table, call.live.config.database.read_only)?;
@@ -524,7 +524,7 @@ pub async fn delete_row(
 ) -> Result<Response, ApiError> {
     let schema = state.schema()?;
     let access = call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     access.require(&table.name, &[Verb::Delete])?;
     plan::check_writable(table, call.live.config.database.read_only)?;

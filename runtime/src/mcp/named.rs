@@ -379,36 +379,25 @@ pub enum NamedOutcome {
     Affected(u64),
 }
 
+/// Runs one bound statement on `pool` in its own transaction and returns the rows it changed.
+macro_rules! write_on {
+    ($pool:expr, $statement:expr, $binds:expr, text_only: $text_only:expr) => {{
+        let mut tx = $pool.begin().await.map_err(ApiError::from_database)?;
+        let done = bind_params!(sqlx::query($statement), $binds, text_only: $text_only)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from_database)?;
+        tx.commit().await.map_err(ApiError::from_database)?;
+        done.rows_affected()
+    }};
+}
+
 async fn write(database: &Database, sql: &str, binds: &[Param]) -> Result<u64, ApiError> {
     let statement = AssertSqlSafe(sql.to_owned());
     let affected = match database.writer() {
-        Pool::Postgres(pool) => {
-            let mut tx = pool.begin().await.map_err(ApiError::from_database)?;
-            let done = bind_params!(sqlx::query(statement), binds, text_only: true)
-                .execute(&mut *tx)
-                .await
-                .map_err(ApiError::from_database)?;
-            tx.commit().await.map_err(ApiError::from_database)?;
-            done.rows_affected()
-        }
-        Pool::Mysql(pool) => {
-            let mut tx = pool.begin().await.map_err(ApiError::from_database)?;
-            let done = bind_params!(sqlx::query(statement), binds, text_only: false)
-                .execute(&mut *tx)
-                .await
-                .map_err(ApiError::from_database)?;
-            tx.commit().await.map_err(ApiError::from_database)?;
-            done.rows_affected()
-        }
-        Pool::Sqlite(pool) => {
-            let mut tx = pool.begin().await.map_err(ApiError::from_database)?;
-            let done = bind_params!(sqlx::query(statement), binds, text_only: false)
-                .execute(&mut *tx)
-                .await
-                .map_err(ApiError::from_database)?;
-            tx.commit().await.map_err(ApiError::from_database)?;
-            done.rows_affected()
-        }
+        Pool::Postgres(pool) => write_on!(pool, statement, binds, text_only: true),
+        Pool::Mysql(pool) => write_on!(pool, statement, binds, text_only: false),
+        Pool::Sqlite(pool) => write_on!(pool, statement, binds, text_only: false),
     };
     Ok(affected)
 }

@@ -1,9 +1,9 @@
 //! The audit log: one JSON line per call, REST and MCP alike, written off the request path.
 //!
-//! Requests hand an [`AuditRecord`] to [`AuditLog::record`], which only queues it; a background
-//! task serialises the records and writes them through a buffer, flushing whenever the queue is
-//! momentarily empty, so lines reach the log within one write of being recorded while a burst
-//! costs one write per buffer rather than one per line.
+//! Requests hand an [`AuditRecord`] to [`AuditLog::record`], which only queues it; a writer
+//! thread serialises the records and writes them through a buffer. An idle writer is woken by
+//! the first record; a busy one collects what arrived every [`WRITE_INTERVAL`], so a line waits
+//! at most that long while a burst costs one write per batch and no wake-up per request.
 //!
 //! # Never lost, never blocking
 //! The queue is unbounded. A bounded queue would have to either drop lines when full or make
@@ -25,9 +25,10 @@ use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sluice_crds::dataapi::AuditSpec;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use std::io::{BufWriter, Write};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
 
 use crate::plan::{Action, Field, Filter, Plan, Verb};
 use crate::schema::Relationship;
@@ -37,6 +38,9 @@ pub const REDACTED: &str = "[redacted]";
 
 /// Size of the writer's buffer: many lines per write during a burst.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// While records keep arriving, the writer collects them this often: the most a line waits.
+const WRITE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Where a call came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -322,46 +326,82 @@ pub enum AuditError {
         #[source]
         first: std::io::Error,
     },
-    /// The writer task panicked or was cancelled.
-    #[error("the audit writer task ended abnormally: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    /// The writer thread panicked; lines queued after that are lost.
+    #[error("the audit writer thread panicked")]
+    WriterPanicked,
 }
 
-enum Message {
-    Record(Box<AuditRecord>),
-    Close,
+/// Records waiting for the writer thread, shared by every handle.
+#[derive(Debug, Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    records: Vec<AuditRecord>,
+    /// The writer found nothing to write and parked until a record arrives.
+    writer_idle: bool,
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding the lock leaves only a vector push or swap half-done: the
+        // records stay consistent, so keep logging rather than losing every later line.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A handle that records audit lines; cheap to clone, one per config generation.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
-    sender: Option<mpsc::UnboundedSender<Message>>,
+    sink: Option<Sink>,
     include_bodies: bool,
 }
 
-/// The task writing audit lines; [`AuditWriter::close`] it at shutdown.
+#[derive(Clone, Debug)]
+struct Sink {
+    queue: Arc<Queue>,
+    writer: Thread,
+}
+
+/// The thread writing audit lines; [`AuditWriter::close`] it at shutdown.
 pub struct AuditWriter {
-    sender: mpsc::UnboundedSender<Message>,
-    task: JoinHandle<Result<(), AuditError>>,
+    sink: Sink,
+    thread: JoinHandle<Result<(), AuditError>>,
 }
 
 impl AuditLog {
-    /// Starts the task writing lines to `writer` (the runtime's stdout) on the current Tokio
-    /// runtime. The handle records without bodies; see [`AuditLog::configured`].
-    pub fn start(writer: impl AsyncWrite + Send + Unpin + 'static) -> (AuditLog, AuditWriter) {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(write_lines(receiver, writer));
+    /// Starts the thread writing lines to `output` (the runtime's stdout). The handle records
+    /// without bodies; see [`AuditLog::configured`].
+    ///
+    /// A plain thread rather than a task: stdout is blocking I/O, which Tokio would hand to its
+    /// blocking pool on every write, waking a thread and then a worker per batch.
+    pub fn start(output: impl Write + Send + 'static) -> (AuditLog, AuditWriter) {
+        let queue = Arc::new(Queue::default());
+        let thread = std::thread::Builder::new()
+            .name("sluice-audit".to_owned())
+            .spawn({
+                let queue = queue.clone();
+                move || write_lines(&queue, output)
+            })
+            .expect("the audit writer thread starts");
+        let sink = Sink {
+            queue,
+            writer: thread.thread().clone(),
+        };
         let log = AuditLog {
-            sender: Some(sender.clone()),
+            sink: Some(sink.clone()),
             include_bodies: false,
         };
-        (log, AuditWriter { sender, task })
+        (log, AuditWriter { sink, thread })
     }
 
     /// A handle that records nothing.
     pub fn disabled() -> AuditLog {
         AuditLog {
-            sender: None,
+            sink: None,
             include_bodies: false,
         }
     }
@@ -370,72 +410,93 @@ impl AuditLog {
     /// `enabled` is false, keeping bodies only when `includeBodies` is set.
     pub fn configured(&self, spec: &AuditSpec) -> AuditLog {
         AuditLog {
-            sender: self.sender.clone().filter(|_| spec.enabled),
+            sink: self.sink.clone().filter(|_| spec.enabled),
             include_bodies: spec.include_bodies,
         }
     }
 
     /// Whether records are written at all; callers may skip building them when not.
     pub fn is_enabled(&self) -> bool {
-        self.sender.is_some()
+        self.sink.is_some()
     }
 
     /// Whether records keep their bodies; callers may skip redacting bodies when not.
     pub fn includes_bodies(&self) -> bool {
-        self.sender.is_some() && self.include_bodies
+        self.sink.is_some() && self.include_bodies
     }
 
-    /// Queues `record` for writing; never blocks. The body is dropped unless bodies are enabled.
+    /// Queues `record` for writing; never blocks on the output. The body is dropped unless
+    /// bodies are enabled.
     pub fn record(&self, mut record: AuditRecord) {
-        let Some(sender) = &self.sender else {
+        let Some(sink) = &self.sink else {
             return;
         };
         if !self.include_bodies {
             record.body = None;
         }
-        if let Err(mpsc::error::SendError(Message::Record(record))) = sender.send(Message::Record(Box::new(record))) {
+        let mut state = sink.queue.lock();
+        if state.closed {
+            drop(state);
             let line = serde_json::to_string(&record).unwrap_or_else(|error| error.to_string());
             tracing::error!(audit = %line, "audit record after the audit log closed; logged here instead");
+            return;
+        }
+        state.records.push(record);
+        // Only the first record after a quiet spell wakes the writer; under load it is awake
+        // and collects a batch every `WRITE_INTERVAL`, so requests pay no wake-up.
+        let wake = std::mem::take(&mut state.writer_idle);
+        drop(state);
+        if wake {
+            sink.writer.unpark();
         }
     }
 }
 
 impl AuditWriter {
-    /// Writes every record queued before this call, flushes, and stops the task. Records sent
-    /// through remaining [`AuditLog`] handles once the task has stopped go to the `tracing` log.
+    /// Writes every record queued before this call, flushes, and stops the thread. Records
+    /// sent through remaining [`AuditLog`] handles afterwards go to the `tracing` log.
     pub async fn close(self) -> Result<(), AuditError> {
-        // Fails only when the task already ended, which awaiting it reports.
-        let _ = self.sender.send(Message::Close);
-        self.task.await?
+        self.sink.queue.lock().closed = true;
+        self.sink.writer.unpark();
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|_| AuditError::WriterPanicked)?
+            .map_err(|_| AuditError::WriterPanicked)?
     }
 }
 
-async fn write_lines(
-    mut receiver: mpsc::UnboundedReceiver<Message>,
-    writer: impl AsyncWrite + Unpin,
-) -> Result<(), AuditError> {
-    let mut output = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+fn write_lines(queue: &Queue, output: impl Write) -> Result<(), AuditError> {
+    let mut output = BufWriter::with_capacity(WRITE_BUFFER_BYTES, output);
     let mut failures = Failures::default();
     let mut line = Vec::with_capacity(1024);
-    while let Some(mut message) = receiver.recv().await {
-        loop {
-            match message {
-                Message::Record(record) => {
-                    if serialise(&record, &mut line) {
-                        failures.note(output.write_all(&line).await);
-                    }
+    let mut batch = Vec::new();
+    loop {
+        let (closed, idle) = {
+            let mut state = queue.lock();
+            std::mem::swap(&mut state.records, &mut batch);
+            state.writer_idle = batch.is_empty() && !state.closed;
+            (state.closed, state.writer_idle)
+        };
+        if !batch.is_empty() {
+            for record in batch.drain(..) {
+                if serialise(&record, &mut line) {
+                    failures.note(output.write_all(&line));
                 }
-                // Later sends fail and are logged by `record`; those already queued are written.
-                Message::Close => receiver.close(),
             }
-            match receiver.try_recv() {
-                Ok(queued) => message = queued,
-                Err(_) => break,
-            }
+            failures.note(output.flush());
         }
-        failures.note(output.flush().await);
+        if closed {
+            return failures.into_result();
+        }
+        // Idle: sleep until `record` unparks (an unpark that came in between makes this return
+        // at once). Busy: let a batch gather. A spurious wake-up costs a look at the queue.
+        if idle {
+            std::thread::park();
+        } else {
+            std::thread::park_timeout(WRITE_INTERVAL);
+        }
     }
-    failures.into_result()
 }
 
 /// Replaces `line` by `record` as one JSON line; false, and logged, if it cannot be serialised.
@@ -484,9 +545,7 @@ impl Failures {
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
     use std::sync::{Arc, Mutex};
-    use std::task::{Context, Poll};
 
     use serde_json::json;
 
@@ -506,18 +565,14 @@ mod tests {
         }
     }
 
-    impl AsyncWrite for SharedBuffer {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
+    impl Write for SharedBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(bytes);
-            Poll::Ready(Ok(bytes.len()))
+            Ok(bytes.len())
         }
 
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 
@@ -607,7 +662,7 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        assert_eq!(output.text().lines().count(), 1, "flushed once the queue ran empty");
+        assert_eq!(output.text().lines().count(), 1, "written before close");
         writer.close().await.unwrap();
     }
 

@@ -205,9 +205,7 @@ impl Api {
             }
         }
         let config = sluice_crds::resolve(&data_api, &roles, &hashes).expect("DataApi resolves");
-        let audit_file = tokio::fs::File::create(&audit_path)
-            .await
-            .expect("create the audit file");
+        let audit_file = std::fs::File::create(&audit_path).expect("create the audit file");
         let (audit, audit_writer) = AuditLog::start(audit_file);
         let app = sluice_runtime::build_app(config.clone(), database.clone(), audit).expect("the fixture builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

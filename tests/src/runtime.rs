@@ -347,9 +347,7 @@ pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
     };
     let database = Database::connect(engine, &url, &config.database.pool).expect("database URL parses");
     let audit_path = std::env::temp_dir().join(format!("{}-audit.jsonl", unique_name()));
-    let audit_file = tokio::fs::File::create(&audit_path)
-        .await
-        .expect("create the audit log file");
+    let audit_file = std::fs::File::create(&audit_path).expect("create the audit log file");
     let (audit, audit_writer) = AuditLog::start(audit_file);
     let app = sluice_runtime::build_app(config.clone(), database, audit).expect("the fixture config builds");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");

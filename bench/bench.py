@@ -279,6 +279,9 @@ CASES = [
     Case("embed_orders", "embed_orders.lua", "embed_orders.sql", "list_country + orders(id,amount,status)"),
     Case("insert_order", "insert_order.lua", "insert_order.sql", "POST /orders (one row)"),
     Case("mcp_query_rows", "mcp_query_rows.lua", "list_country.sql", "MCP tools/call query_rows, list_country"),
+    # The ceiling, not a workload: its ratio says what fraction of pgbench's get_by_pk rate plain
+    # HTTP reaches on this machine when it also does no database work at all.
+    Case("http_floor", "http_floor.lua", "get_by_pk.sql", "GET /healthz (HTTP alone: no auth, no database)"),
 ]
 
 
@@ -322,6 +325,9 @@ def preflight(case: Case, port: int, key: str) -> str | None:
         status, _, body = http_call(port, "POST", f"{BASE_PATH}/orders", {**headers, "Content-Type": "application/json"},
                                     '{"customer_id":1,"amount":12.50,"status":"new"}')
         ok = status == 201
+    elif case.name == "http_floor":
+        status, _, body = http_call(port, "GET", "/healthz", {})
+        ok = status == 200
     else:
         raise AssertionError(case.name)
     return None if ok else f"{case.description}: HTTP {status}: {body[:300]}"
@@ -482,6 +488,8 @@ def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
             if case.name == "mcp_query_rows" and "list_country" in result.cases:
                 figures["pgbench"] = result.cases["list_country"]["pgbench"]
                 figures["rest"] = result.cases["list_country"]["http"]
+            elif case.name == "http_floor" and "get_by_pk" in result.cases:
+                figures["pgbench"] = result.cases["get_by_pk"]["pgbench"]
             else:
                 say(f"run {number}: {case.name}: pgbench {options.duration:g} s")
                 figures["pgbench"] = run_pgbench(options.postgres, case, options.duration, options.connections,
@@ -580,6 +588,8 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
     ]
     target_rows = [[t.label, spread(t.values, t.digits), t.mark()] for t in targets]
     target_rows.append(["peak RSS (VmHWM), for information", spread([r.memory.get("peak") for r in results], 1), ""])
+    if any("http_floor" in r.cases for r in results):
+        target_rows.append(["HTTP alone (/healthz)/pgbench get_by_pk, the ceiling", spread(ratios("http_floor"), 2), ""])
     targets_table = render_table(["target", "measured", "mark"], target_rows)
     header = (f"{len(results)} run(s) x {options.duration:g} s per case, {options.connections} connections, "
               f"{options.threads} threads (wrk and pgbench -M prepared alike), {row_filter_note}; "

@@ -69,8 +69,41 @@ impl ViewCache {
 
 #[derive(Debug)]
 struct CompiledRule {
-    tables: GlobSet,
+    tables: TableMatcher,
     rule: AccessRule,
+}
+
+/// A rule's `tables`: plain names compare as strings, only real patterns go through the glob
+/// set. Every request asks it, several times, and most rules name their tables.
+#[derive(Debug)]
+struct TableMatcher {
+    names: Vec<String>,
+    patterns: Option<GlobSet>,
+}
+
+impl TableMatcher {
+    fn compile(tables: &[String]) -> Result<Self, globset::Error> {
+        let (patterns, names): (Vec<&String>, Vec<&String>) = tables
+            .iter()
+            .partition(|table| table.contains(['*', '?', '[', ']', '{', '}', '\\']));
+        let patterns = if patterns.is_empty() {
+            None
+        } else {
+            let mut builder = GlobSetBuilder::new();
+            for pattern in patterns {
+                builder.add(Glob::new(pattern)?);
+            }
+            Some(builder.build()?)
+        };
+        Ok(Self {
+            names: names.into_iter().cloned().collect(),
+            patterns,
+        })
+    }
+
+    fn is_match(&self, table: &str) -> bool {
+        self.names.iter().any(|name| name == table) || self.patterns.as_ref().is_some_and(|set| set.is_match(table))
+    }
 }
 
 impl Policy {
@@ -81,7 +114,7 @@ impl Policy {
         for (name, role) in roles_by_name {
             let mut compiled = Vec::new();
             for (index, rule) in role.rules.iter().enumerate() {
-                match compile_globs(&rule.tables) {
+                match TableMatcher::compile(&rule.tables) {
                     Ok(tables) => compiled.push(CompiledRule {
                         tables,
                         rule: rule.clone(),
@@ -112,14 +145,6 @@ impl Policy {
             claims: &caller.claims,
         }
     }
-}
-
-fn compile_globs(patterns: &[String]) -> Result<GlobSet, globset::Error> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        builder.add(Glob::new(pattern)?);
-    }
-    builder.build()
 }
 
 /// What execution and the response must enforce for one permitted request.
@@ -791,6 +816,25 @@ mod tests {
             ..caller
         };
         assert!(policy.access(&stranger).view(&schema()).tables.is_empty());
+    }
+
+    #[test]
+    fn rule_tables_match_names_exactly_and_patterns_as_globs() {
+        let tables = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let matcher = TableMatcher::compile(&tables(&["orders", "t?_*", "audit[0-9]"])).expect("compiles");
+        for table in ["orders", "t1_items", "audit7"] {
+            assert!(matcher.is_match(table), "{table}");
+        }
+        for table in ["order", "Orders", "orders2", "t12_items", "audit", "customers"] {
+            assert!(!matcher.is_match(table), "{table}");
+        }
+        let names_only = TableMatcher::compile(&tables(&["orders"])).expect("compiles");
+        assert!(names_only.patterns.is_none() && names_only.is_match("orders") && !names_only.is_match("ordersx"));
+        assert!(
+            TableMatcher::compile(&tables(&["*"]))
+                .expect("compiles")
+                .is_match("anything")
+        );
     }
 
     fn sql_of(filter: &Filter) -> (String, Vec<String>) {

@@ -76,23 +76,45 @@ impl Builder {
     }
 
     fn ident(&self, name: &str) -> String {
-        match self.engine {
-            Engine::Mysql => format!("`{}`", name.replace('`', "``")),
-            _ => format!("\"{}\"", name.replace('"', "\"\"")),
+        let mut quoted = String::with_capacity(name.len() + 2);
+        self.push_ident(&mut quoted, name);
+        quoted
+    }
+
+    /// Appends `name` quoted: the statement text is built per request, so identifiers go
+    /// straight into their buffer rather than through intermediate strings.
+    fn push_ident(&self, out: &mut String, name: &str) {
+        let quote = match self.engine {
+            Engine::Mysql => '`',
+            _ => '"',
+        };
+        out.push(quote);
+        for character in name.chars() {
+            if character == quote {
+                out.push(quote);
+            }
+            out.push(character);
         }
+        out.push(quote);
     }
 
     fn literal(&self, text: &str) -> String {
-        let escaped = text.replace('\'', "''");
-        match self.engine {
-            // MySQL treats backslashes in string literals as escapes.
-            Engine::Mysql => format!("'{}'", escaped.replace('\\', "\\\\")),
-            _ => format!("'{escaped}'"),
+        let mut literal = String::with_capacity(text.len() + 2);
+        literal.push('\'');
+        for character in text.chars() {
+            match character {
+                '\'' => literal.push_str("''"),
+                // MySQL treats backslashes in string literals as escapes.
+                '\\' if self.engine == Engine::Mysql => literal.push_str("\\\\"),
+                _ => literal.push(character),
+            }
         }
+        literal.push('\'');
+        literal
     }
 
     fn table_ref(&self, table: &Table) -> String {
-        format!("{}.{}", self.ident(&table.db_schema), self.ident(&table.name))
+        self.column_ref(Some(&table.db_schema), &table.name)
     }
 
     fn next_alias(&mut self) -> String {
@@ -102,10 +124,13 @@ impl Builder {
     }
 
     fn column_ref(&self, qualifier: Option<&str>, name: &str) -> String {
-        match qualifier {
-            Some(alias) => format!("{}.{}", self.ident(alias), self.ident(name)),
-            None => self.ident(name),
+        let mut reference = String::with_capacity(name.len() + qualifier.map_or(0, str::len) + 5);
+        if let Some(alias) = qualifier {
+            self.push_ident(&mut reference, alias);
+            reference.push('.');
         }
+        self.push_ident(&mut reference, name);
+        reference
     }
 
     /// A parameter for `value`, cast to the column's type on PostgreSQL.
@@ -188,11 +213,16 @@ impl Builder {
             Engine::Sqlite => "json_object",
         };
         let arguments = |pairs: &[(String, String)]| {
-            pairs
-                .iter()
-                .map(|(key, value)| format!("{}, {value}", self.literal(key)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            let mut arguments = String::new();
+            for (key, value) in pairs {
+                if !arguments.is_empty() {
+                    arguments.push_str(", ");
+                }
+                arguments.push_str(&self.literal(key));
+                arguments.push_str(", ");
+                arguments.push_str(value);
+            }
+            arguments
         };
         if pairs.len() <= PAIRS_PER_CALL || self.engine == Engine::Mysql {
             return format!("{function}({})", arguments(&pairs));

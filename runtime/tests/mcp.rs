@@ -603,12 +603,17 @@ async fn a_read_only_role_sees_no_write_tools_and_no_denied_fields() {
         );
         let hidden = tool_error(&client, "describe_table", json!({ "table": "notes" })).await;
         assert_eq!(hidden["code"], "unknown_table");
-        let write = client
-            .call_tool(CallToolRequestParams::new("insert_rows").with_arguments(arguments(
-                json!({ "table": "customers", "rows": [{ "id": 9, "name": "X" }] }),
-            )))
-            .await;
-        assert!(write.is_err(), "a write tool not offered is unknown: {write:?}");
+        for (tool, args) in [
+            ("insert_rows", json!({ "table": "customers", "rows": [{ "id": 9, "name": "X" }] })),
+            ("update_rows", json!({ "table": "customers", "set": { "name": "X" }, "filters": [{ "column": "id", "op": "eq", "value": 1 }] })),
+            ("delete_rows", json!({ "table": "customers", "filters": [{ "column": "id", "op": "eq", "value": 1 }] })),
+        ] {
+            let write = client
+                .call_tool(CallToolRequestParams::new(tool).with_arguments(arguments(args)))
+                .await
+                .expect_err("a write tool not offered is unknown");
+            assert!(write.to_string().contains("unknown tool"), "{tool}: {write}");
+        }
         let resources = client.list_resources(None).await.expect("resources/list");
         assert_eq!(resources.resources.len(), 2);
         client.cancel().await.expect("disconnect");

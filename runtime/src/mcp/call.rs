@@ -131,10 +131,7 @@ pub async fn call(
     };
     let access = context.call.access();
     let view = access.view(&schema);
-    let offered = tools::catalogue(config, &view, &access)
-        .iter()
-        .any(|tool| tool.name == name);
-    if !offered {
+    if !tools::offers(config, &view, &access, name) {
         return Err(ErrorData::invalid_params(
             format!("unknown tool \"{name}\"; tools/list names the tools your role may call"),
             Some(json!({ "tool": name })),

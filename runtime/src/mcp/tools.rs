@@ -216,6 +216,20 @@ pub fn catalogue(config: &RuntimeConfig, view: &Schema, access: &Access<'_>) -> 
     tools
 }
 
+/// Whether [`catalogue`] lists tool `name` for `access` over `view`, decided without building
+/// the tools' schemas: every tool call asks, and the schemas cost more than the call itself.
+pub fn offers(config: &RuntimeConfig, view: &Schema, access: &Access<'_>, name: &str) -> bool {
+    let writable = |verb| !writable_tables(config, view, access, verb).is_empty();
+    match name {
+        LIST_TABLES | DESCRIBE_TABLE | QUERY_ROWS | COUNT_ROWS => true,
+        GET_ROW => view.tables.values().any(|table| !table.primary_key.is_empty()),
+        INSERT_ROWS => writable(Verb::Create),
+        UPDATE_ROWS => writable(Verb::Update),
+        DELETE_ROWS => writable(Verb::Delete),
+        _ => named::find(config, access, name).is_some(),
+    }
+}
+
 /// Tables on which the role has `verb` and the database takes writes.
 pub fn writable_tables<'v>(config: &RuntimeConfig, view: &'v Schema, access: &Access<'_>, verb: Verb) -> Vec<&'v str> {
     if config.database.read_only {

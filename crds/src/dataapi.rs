@@ -358,11 +358,26 @@ impl Default for AuditSpec {
     }
 }
 
+/// The MCP endpoint's built-in tools. A named query is offered to agents as a tool of its own
+/// name, so it may not take one of these.
+pub const BUILT_IN_TOOLS: [&str; 8] = [
+    "list_tables",
+    "describe_table",
+    "query_rows",
+    "get_row",
+    "count_rows",
+    "insert_rows",
+    "update_rows",
+    "delete_rows",
+];
+
 /// A named, parameterised SQL query written by the DataApi's author.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NamedQuery {
-    /// Name in URLs and MCP tool names: lowercase letters, digits and underscores.
+    /// Name in URLs and MCP tool names: lowercase letters, digits and underscores; not the name of
+    /// a built-in MCP tool (list_tables, describe_table, query_rows, get_row, count_rows,
+    /// insert_rows, update_rows, delete_rows).
     #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,62}$"))]
     pub name: String,
     /// What the query answers; shown in OpenAPI and to agents as the tool description.

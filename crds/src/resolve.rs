@@ -14,7 +14,7 @@ use crate::config::{
     ApiKeyEntry, AuthConfig, CONFIG_FORMAT_VERSION, DATABASE_URL_ENV, DatabaseConfig, JWT_HMAC_SECRET_ENV, JwtConfig,
     ObjectName, ResolvedRateLimit, RoleConfig, RuntimeConfig,
 };
-use crate::dataapi::{DataApi, Engine, NamedQuery, ParameterType};
+use crate::dataapi::{BUILT_IN_TOOLS, DataApi, Engine, NamedQuery, ParameterType};
 
 /// Why a DataApi and its roles do not make a valid runtime config. Each message names the
 /// object and field at fault and what to do about it.
@@ -472,6 +472,16 @@ fn jwt_role_map(roles: &[&ApiRole]) -> Result<BTreeMap<String, String>, ResolveE
 
 fn check_query(api: &Checker, index: usize, query: &NamedQuery) -> Result<(), ResolveError> {
     let at = format!("spec.queries[{index}]");
+    if BUILT_IN_TOOLS.contains(&query.name.as_str()) {
+        return Err(api.invalid(
+            &format!("{at}.name"),
+            format!(
+                "\"{}\" is a built-in MCP tool, so agents could not call this query; rename it (reserved: {})",
+                query.name,
+                BUILT_IN_TOOLS.join(", ")
+            ),
+        ));
+    }
     let used = named_parameters(&query.sql);
     let declared: BTreeSet<&str> = query.parameters.iter().map(|p| p.name.as_str()).collect();
     if let Some(missing) = used.iter().find(|name| !declared.contains(name.as_str())) {
@@ -893,6 +903,10 @@ spec: { database: { engine: sqlite, path: /data/tiny.db } }
             (
                 "spec: { database: { engine: sqlite, path: a.db }, queries: [{ name: q, sql: 'SELECT :missing' }] }",
                 "spec.queries[0].sql",
+            ),
+            (
+                "spec: { database: { engine: sqlite, path: a.db }, queries: [{ name: ok, sql: 'SELECT 1' }, { name: query_rows, sql: 'SELECT 1' }] }",
+                "spec.queries[1].name",
             ),
             (
                 "spec: { database: { engine: sqlite, path: a.db }, queries: [{ name: q, sql: 'SELECT 1', parameters: [{ name: unused, type: string }] }] }",

@@ -604,9 +604,18 @@ async fn a_read_only_role_sees_no_write_tools_and_no_denied_fields() {
         let hidden = tool_error(&client, "describe_table", json!({ "table": "notes" })).await;
         assert_eq!(hidden["code"], "unknown_table");
         for (tool, args) in [
-            ("insert_rows", json!({ "table": "customers", "rows": [{ "id": 9, "name": "X" }] })),
-            ("update_rows", json!({ "table": "customers", "set": { "name": "X" }, "filters": [{ "column": "id", "op": "eq", "value": 1 }] })),
-            ("delete_rows", json!({ "table": "customers", "filters": [{ "column": "id", "op": "eq", "value": 1 }] })),
+            (
+                "insert_rows",
+                json!({ "table": "customers", "rows": [{ "id": 9, "name": "X" }] }),
+            ),
+            (
+                "update_rows",
+                json!({ "table": "customers", "set": { "name": "X" }, "filters": [{ "column": "id", "op": "eq", "value": 1 }] }),
+            ),
+            (
+                "delete_rows",
+                json!({ "table": "customers", "filters": [{ "column": "id", "op": "eq", "value": 1 }] }),
+            ),
         ] {
             let write = client
                 .call_tool(CallToolRequestParams::new(tool).with_arguments(arguments(args)))

@@ -25,17 +25,8 @@ pub const INSERT_ROWS: &str = "insert_rows";
 pub const UPDATE_ROWS: &str = "update_rows";
 pub const DELETE_ROWS: &str = "delete_rows";
 
-/// Every built-in tool name.
-pub const BUILT_IN: [&str; 8] = [
-    LIST_TABLES,
-    DESCRIBE_TABLE,
-    QUERY_ROWS,
-    GET_ROW,
-    COUNT_ROWS,
-    INSERT_ROWS,
-    UPDATE_ROWS,
-    DELETE_ROWS,
-];
+/// Every built-in tool name, as the DataApi's resolution reserves them.
+pub use sluice_crds::dataapi::BUILT_IN_TOOLS as BUILT_IN;
 
 /// Filter operators an agent may use, as in REST (`col=op.value`).
 const OPERATORS: [&str; 10] = ["eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "in", "is"];
@@ -430,4 +421,26 @@ fn value_schema(column: &Column) -> Value {
         schema["type"] = json!([kind, "null"]);
     }
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_tool_is_reserved_from_named_queries() {
+        assert_eq!(
+            BUILT_IN,
+            [
+                LIST_TABLES,
+                DESCRIBE_TABLE,
+                QUERY_ROWS,
+                GET_ROW,
+                COUNT_ROWS,
+                INSERT_ROWS,
+                UPDATE_ROWS,
+                DELETE_ROWS
+            ]
+        );
+    }
 }

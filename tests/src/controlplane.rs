@@ -72,9 +72,10 @@ const LOG_TAIL_LINES: usize = 40;
 
 /// The ServiceAccount token issuer; the conventional in-cluster one.
 const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-/// Service ClusterIPs are allocated from here; its first address goes into
-/// the serving certificate, as for the in-cluster `kubernetes` Service.
-const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/24";
+/// Service ClusterIPs are allocated from here (room for a benchmark's
+/// thousands of Services); its first address goes into the serving
+/// certificate, as for the in-cluster `kubernetes` Service.
+const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
 const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
 /// The API server's audit policy: one line per write (create, update, patch,

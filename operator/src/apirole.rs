@@ -14,7 +14,7 @@ use sluice_crds::apirole::generated_key_secret_name;
 use sluice_crds::{ApiRole, ApiRoleStatus};
 use tracing::{info, instrument, warn};
 
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, FIELD_MANAGER, get_cached};
 use crate::error::{Doing, Error};
 use crate::keys::{KEY_DATA_KEY, key_secret, secret_value};
 use crate::metrics::ControllerKind;
@@ -45,8 +45,7 @@ pub async fn reconcile(role: Arc<ApiRole>, ctx: Arc<Context>) -> Result<Action, 
                 usable_keys += 1;
             }
             Some(reference) => {
-                let secret = secrets
-                    .get_opt(&reference.name)
+                let secret = get_cached(&secrets, &reference.name)
                     .await
                     .doing(|| format!("reading Secret {namespace}/{}", reference.name))?;
                 match secret.as_ref().map(|s| secret_value(s, &reference.key)) {
@@ -60,7 +59,10 @@ pub async fn reconcile(role: Arc<ApiRole>, ctx: Arc<Context>) -> Result<Action, 
             }
         }
     }
-    revoke_removed_keys(&secrets, &role, &namespace).await?;
+    if !ctx.revoked_at_current_generation(&role) {
+        revoke_removed_keys(&secrets, &role, &namespace).await?;
+        ctx.revoked(&role);
+    }
 
     let existing: BTreeSet<String> = ctx
         .data_apis
@@ -120,6 +122,12 @@ pub async fn reconcile(role: Arc<ApiRole>, ctx: Arc<Context>) -> Result<Action, 
             .await
             .doing(|| "writing the ApiRole's status".into())?;
     }
+    // The DataApi cache and the watch that wakes a role when a DataApi appears are separate
+    // streams: a role woken by a new DataApi may not find it yet, so it looks again soon (backing
+    // off, for a DataApi that really is missing) rather than at the next resync.
+    if !missing.is_empty() {
+        return Ok(Action::requeue(ctx.backoff(&failure_key(&role))));
+    }
     ctx.succeeded(&failure_key(&role));
     Ok(Action::requeue(ctx.settings.resync))
 }
@@ -137,8 +145,7 @@ async fn ensure_generated_key(
     key_name: &str,
     secret_name: &str,
 ) -> Result<(), Error> {
-    let present = secrets
-        .get_opt(secret_name)
+    let present = get_cached(secrets, secret_name)
         .await
         .doing(|| format!("reading Secret {secret_name}"))?;
     if present.and_then(|s| secret_value(&s, KEY_DATA_KEY)).is_some() {

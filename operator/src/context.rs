@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::Client;
+use kube::api::{Api, GetParams, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use sluice_crds::{ApiRole, DataApi};
 
+use crate::applied::AppliedChildren;
 use crate::metrics::Metrics;
 
 /// The one field manager of every server-side apply the operator makes.
@@ -22,6 +25,10 @@ pub struct Settings {
     pub runtime_image: String,
     /// How often an unchanged object is reconciled again, as a safety net behind the watches.
     pub resync: Duration,
+    /// Reconciles in flight at once, per controller: each makes several API requests, and an
+    /// unbounded number of them (thousands of objects at start-up) would have the API server
+    /// throttle the operator and the operator hold a connection per request.
+    pub concurrency: u16,
 }
 
 /// Shared by every reconcile.
@@ -38,7 +45,13 @@ pub struct Context {
     pub recorder: Recorder,
     /// Reconcile counts, failures and durations.
     pub metrics: Arc<Metrics>,
+    /// What was last applied to each DataApi's children.
+    pub applied: AppliedChildren,
     failures: Mutex<HashMap<String, u32>>,
+    /// The generation of each ApiRole whose removed keys were last revoked: keys leave a role
+    /// only through a spec change, so the revocation's list of Secrets is needed once per
+    /// generation, not on every reconcile.
+    revoked_at: Mutex<HashMap<ObjectRef<ApiRole>, i64>>,
 }
 
 impl Context {
@@ -64,7 +77,9 @@ impl Context {
             data_apis,
             recorder,
             metrics,
+            applied: AppliedChildren::default(),
             failures: Mutex::default(),
+            revoked_at: Mutex::default(),
         }
     }
 
@@ -77,6 +92,33 @@ impl Context {
         backoff_delay(*count)
     }
 
+    /// Drops the record of applied children of deleted DataApis, once it holds more entries than
+    /// the DataApis that exist could have children (config Secret, Deployment, Service, budget).
+    pub fn forget_deleted_children(&self) {
+        const CHILDREN_PER_DATA_API: usize = 4;
+        if self.applied.len() > CHILDREN_PER_DATA_API * self.data_apis.len() {
+            self.applied.retain_owners(|owner| self.data_apis.get(owner).is_some());
+        }
+    }
+
+    /// Whether the keys removed from `role` at its current generation were already revoked.
+    pub fn revoked_at_current_generation(&self, role: &ApiRole) -> bool {
+        let revoked = self.revoked_at.lock().expect("the revocation record is never poisoned");
+        role.meta().generation.is_some() && revoked.get(&ObjectRef::from(role)) == role.meta().generation.as_ref()
+    }
+
+    /// Records that the keys removed from `role` at its current generation are revoked, and
+    /// forgets deleted roles once the record outgrows the roles that exist.
+    pub fn revoked(&self, role: &ApiRole) {
+        let mut revoked = self.revoked_at.lock().expect("the revocation record is never poisoned");
+        if let Some(generation) = role.meta().generation {
+            revoked.insert(ObjectRef::from(role), generation);
+        }
+        if revoked.len() > self.roles.len() + 1 {
+            revoked.retain(|role, _| self.roles.get(role).is_some());
+        }
+    }
+
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn succeeded(&self, key: &str) {
         self.failures
@@ -84,6 +126,28 @@ impl Context {
             .expect("failure counts are never poisoned")
             .remove(key);
     }
+}
+
+/// Reads the object `name` from the API server's watch cache (`resourceVersion=0`) rather than
+/// from etcd: a reconcile may see it slightly late, and is triggered again by the watch when the
+/// change arrives, while the read costs the API server no etcd round trip.
+pub async fn get_cached<K>(api: &Api<K>, name: &str) -> Result<Option<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_with(name, &GetParams::any()).await {
+        Ok(object) => Ok(Some(object)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The metadata of the object `name`, from the API server's watch cache (see [`get_cached`]).
+pub async fn get_cached_metadata<K>(api: &Api<K>, name: &str) -> Result<Option<PartialObjectMeta<K>>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.get_metadata_opt_with(name, &GetParams::any()).await
 }
 
 /// The wait after the `failures`-th consecutive failure: 1 s, 2 s, 4 s, … capped at 5 minutes.

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -19,7 +21,8 @@ use sluice_crds::common::SecretKeyRef;
 use sluice_crds::{ApiRole, DataApi, DataApiStatus, KeyHashes, RuntimeConfig, resolve};
 use tracing::{info, instrument, warn};
 
-use crate::context::{Context, FIELD_MANAGER};
+use crate::applied;
+use crate::context::{Context, FIELD_MANAGER, get_cached, get_cached_metadata};
 use crate::error::{Doing, Error};
 use crate::keys::{KEY_DATA_KEY, secret_value};
 use crate::metrics::ControllerKind;
@@ -55,6 +58,7 @@ struct Plan {
 #[instrument(skip_all, fields(dataapi = %api.name_any(), namespace = api.namespace().unwrap_or_default()))]
 pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(ControllerKind::DataApi);
+    ctx.forget_deleted_children();
     let namespace = api.namespace().unwrap_or_default();
     let planned = plan(&api, &ctx, &namespace).await?;
     let previous = api.status.clone().unwrap_or_default();
@@ -112,7 +116,11 @@ async fn announce_config_change(api: &DataApi, ctx: &Context, previous: &DataApi
     let before = previous.conditions.iter().find(|c| c.type_ == status::CONFIG_VALID);
     let unchanged = before
         .is_some_and(|c| (c.status == "True") == now.status && c.reason == now.reason && c.message == now.message);
-    if unchanged || (now.status && before.is_none()) {
+    // Waiting for the ApiRole controller to generate a key is part of every new DataApi's
+    // start-up, not a problem to warn about; it resolves by itself.
+    let pending_key = |reason: &str| reason == reason::KEY_PENDING;
+    let never_announced_invalid = before.is_none_or(|c| c.status == "False" && pending_key(&c.reason));
+    if unchanged || pending_key(now.reason) || (now.status && never_announced_invalid) {
         return;
     }
     let event = Event {
@@ -218,8 +226,7 @@ async fn read_secret_key(
     reference: &SecretKeyRef,
     field: &str,
 ) -> Result<Result<String, Invalid>, Error> {
-    let secret = secrets
-        .get_opt(&reference.name)
+    let secret = get_cached(secrets, &reference.name)
         .await
         .doing(|| format!("reading Secret {namespace}/{}", reference.name))?;
     let Some(secret) = secret else {
@@ -263,8 +270,7 @@ async fn key_hashes(
                 }
                 None => {
                     let secret_name = generated_key_secret_name(&role_name, &key.name);
-                    let generated = secrets
-                        .get_opt(&secret_name)
+                    let generated = get_cached(secrets, &secret_name)
                         .await
                         .doing(|| format!("reading Secret {namespace}/{secret_name}"))?
                         .and_then(|secret| secret_value(&secret, KEY_DATA_KEY));
@@ -288,39 +294,55 @@ async fn key_hashes(
     Ok(Ok(hashes))
 }
 
-/// Applies the config Secret, Deployment, Service and PodDisruptionBudget; returns the
-/// Deployment's rollout state as the API server reports it after the apply.
+/// Applies the config Secret, Deployment, Service and PodDisruptionBudget, each unless it is
+/// already as last applied (see [`crate::applied`]); returns the Deployment's rollout state as
+/// the API server reports it.
 async fn apply_children(api: &DataApi, ctx: &Context, namespace: &str, plan: &Plan) -> Result<Rollout, Error> {
     let names = ChildNames::for_data_api(&api.name_any());
+    let owner = ObjectRef::from(api);
     let client = &ctx.client;
-    apply(
-        &Api::namespaced(client.clone(), namespace),
-        &names.config_secret,
-        &resources::config_secret(api, &plan.config),
-    )
-    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let live = live_metadata(&secrets, &names.config_secret).await?;
+    let config = resources::config_secret(api, &plan.config);
+    apply_unless_current(ctx, &owner, &secrets, &names.config_secret, &config, live.as_ref()).await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let existing = deployments
-        .get_opt(&names.workload)
+    let existing = get_cached(&deployments, &names.workload)
         .await
         .doing(|| format!("reading Deployment {namespace}/{}", names.workload))?;
     let desired = resources::deployment(api, &plan.inputs);
-    let applied = apply(&deployments, &names.workload, &desired).await?;
-    announce_rollout(api, ctx, existing.as_ref(), &desired).await;
+    let live = existing.as_ref().map(|deployment| &deployment.metadata);
+    let rollout = match apply_unless_current(ctx, &owner, &deployments, &names.workload, &desired, live).await? {
+        Some(applied) => {
+            announce_rollout(api, ctx, existing.as_ref(), &desired).await;
+            Rollout::of(&applied)
+        }
+        None => Rollout::of(
+            existing
+                .as_ref()
+                .expect("an apply is skipped only for an existing Deployment"),
+        ),
+    };
 
-    apply(
-        &Api::<Service>::namespaced(client.clone(), namespace),
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let live = live_metadata(&services, &names.workload).await?;
+    apply_unless_current(
+        ctx,
+        &owner,
+        &services,
         &names.workload,
         &resources::service(api),
+        live.as_ref(),
     )
     .await?;
+
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
-    match resources::disruption_budget(api) {
-        Some(budget) => {
-            apply(&budgets, &names.workload, &budget).await?;
+    let live = live_metadata(&budgets, &names.workload).await?;
+    match (resources::disruption_budget(api), live) {
+        (Some(budget), live) => {
+            apply_unless_current(ctx, &owner, &budgets, &names.workload, &budget, live.as_ref()).await?;
         }
-        None => {
+        (None, Some(_)) => {
             let deleted = budgets.delete(&names.workload, &DeleteParams::default()).await;
             match deleted {
                 Ok(_) => info!("deleted the PodDisruptionBudget: one replica cannot tolerate a disruption budget"),
@@ -333,8 +355,46 @@ async fn apply_children(api: &DataApi, ctx: &Context, namespace: &str, plan: &Pl
                 }
             }
         }
+        (None, None) => {}
     }
-    Ok(Rollout::of(&applied))
+    Ok(rollout)
+}
+
+/// The metadata of the child `name`, if it exists.
+async fn live_metadata<K>(api: &Api<K>, name: &str) -> Result<Option<ObjectMeta>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(get_cached_metadata(api, name)
+        .await
+        .doing(|| format!("reading {} {name}", K::kind(&())))?
+        .map(|partial| partial.metadata))
+}
+
+/// Applies `desired` unless it is what was last applied to the child and the child `live` has
+/// not changed since; returns the applied object, or `None` when the apply was skipped.
+async fn apply_unless_current<K>(
+    ctx: &Context,
+    owner: &ObjectRef<DataApi>,
+    api: &Api<K>,
+    name: &str,
+    desired: &K,
+    live: Option<&ObjectMeta>,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let fingerprint = applied::fingerprint(desired);
+    if live.is_some_and(|live| {
+        ctx.applied
+            .is_current(owner, <K as k8s_openapi::Resource>::KIND, fingerprint, live)
+    }) {
+        return Ok(None);
+    }
+    let result = apply(api, name, desired).await?;
+    ctx.applied
+        .record(owner, <K as k8s_openapi::Resource>::KIND, fingerprint, result.meta());
+    Ok(Some(result))
 }
 
 async fn announce_rollout(api: &DataApi, ctx: &Context, existing: Option<&Deployment>, desired: &Deployment) {

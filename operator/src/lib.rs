@@ -4,9 +4,11 @@
 //! - [`dataapi`]: dereference → resolve → apply children → status.
 //! - [`apirole`]: generate and revoke API keys, report bindings.
 //! - [`resources`]: the children as pure values; [`status`]: condition logic; [`keys`]: key material.
+//! - [`applied`]: what was last applied to each child, so unchanged children get no write.
 //! - [`leader`]: leader election on a Lease; [`metrics`]: Prometheus metrics and health endpoints.
 
 pub mod apirole;
+pub mod applied;
 pub mod context;
 pub mod dataapi;
 pub mod error;
@@ -16,22 +18,28 @@ pub mod metrics;
 pub mod resources;
 pub mod status;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use futures::{StreamExt, future};
+use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, controller, predicates, watcher};
+use kube::{Client, Resource, ResourceExt};
 use sluice_crds::apirole::generated_key_secret_name;
 use sluice_crds::{ApiRole, DataApi};
 use tracing::info;
 
 pub use context::{Context, Settings};
 pub use metrics::Metrics;
+
+/// How long a controller waits after an object's last trigger before reconciling it: a new
+/// DataApi sees a burst of events (its own status, its keys, its Deployment's rollout) that one
+/// reconcile can answer.
+const RECONCILE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Label every child the operator applies carries; the child watches select on it.
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=sluice-operator";
@@ -119,21 +127,36 @@ pub async fn run(client: Client, settings: Settings, namespace: Option<String>) 
 
 /// Runs both controllers for `namespace` (or every namespace) until a shutdown signal,
 /// recording reconciles into `metrics`.
+///
+/// Each controller is woken by its objects' spec changes (new objects, a moved generation), not
+/// by their status: a reconcile that writes status would otherwise wake itself, and with it every
+/// role of a DataApi, for nothing. A DataApi wakes on its children's changes (a Deployment's
+/// rollout), on its roles' changes, and on the Secrets it reads; a role wakes on its DataApis
+/// appearing or going, and on its key Secrets.
 pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Option<String>, metrics: Arc<Metrics>) {
     let namespace = namespace.as_deref();
+    let controller_config = controller::Config::default()
+        .concurrency(settings.concurrency)
+        .debounce(RECONCILE_DEBOUNCE);
     let config = watcher::Config::default().any_semantic();
     let children = watcher::Config::default().labels(MANAGED_BY).any_semantic();
 
     // The DataApi reconciler reads roles from this cache rather than listing them each time.
     let (role_cache, role_writer) = reflector::store::<ApiRole>();
-    let role_reflector = watcher(scoped::<ApiRole>(&client, namespace), config.clone())
+    let role_specs = watcher(scoped::<ApiRole>(&client, namespace), config.clone())
         .default_backoff()
         .reflect(role_writer)
-        .for_each(|_| future::ready(()));
-    let data_api_controller = Controller::new(scoped::<DataApi>(&client, namespace), config.clone());
-    let data_api_cache = data_api_controller.store();
-    let role_controller = Controller::new(scoped::<ApiRole>(&client, namespace), config.clone());
-    let bound_role_cache = role_controller.store();
+        .applied_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let role_controller = Controller::for_stream(role_specs, role_cache.clone()).with_config(controller_config.clone());
+    let (data_api_cache, data_api_writer) = reflector::store::<DataApi>();
+    let data_api_specs = watcher(scoped::<DataApi>(&client, namespace), config.clone())
+        .default_backoff()
+        .reflect(data_api_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let data_api_controller =
+        Controller::for_stream(data_api_specs, data_api_cache.clone()).with_config(controller_config);
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
@@ -143,11 +166,13 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
     ));
 
     let (apis_for_secrets, roles_for_secrets) = (data_api_cache.clone(), role_cache.clone());
-    let cache_ready = role_cache.clone();
     let data_apis = data_api_controller
         .owns(scoped::<Deployment>(&client, namespace), children.clone())
         .owns(scoped::<Service>(&client, namespace), children.clone())
         .owns(scoped::<PodDisruptionBudget>(&client, namespace), children.clone())
+        // Every change, status included: this watch and the role cache are separate streams, so
+        // a DataApi woken by a new role may not find it in the cache yet; the role's first status
+        // write wakes it again.
         .watches(
             scoped::<ApiRole>(&client, namespace),
             config.clone(),
@@ -170,24 +195,21 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
         .run(dataapi::reconcile, dataapi::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let roles_for_keys = bound_role_cache.clone();
+    let (roles_for_apis, roles_for_keys) = (role_cache.clone(), role_cache.clone());
+    let data_api_changes = watcher(scoped::<DataApi>(&client, namespace), config.clone()).default_backoff();
     let roles = role_controller
-        .watches(
-            scoped::<DataApi>(&client, namespace),
-            config.clone(),
-            move |api: DataApi| {
-                let namespace = api.namespace().unwrap_or_default();
-                let name = api.name_any();
-                bound_role_cache
-                    .state()
-                    .iter()
-                    .filter(|role| {
-                        role.namespace().as_deref() == Some(namespace.as_str()) && role.spec.data_apis.contains(&name)
-                    })
-                    .map(|role| ObjectRef::from(role.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(created_or_deleted(data_api_changes), move |api: DataApi| {
+            let namespace = api.namespace().unwrap_or_default();
+            let name = api.name_any();
+            roles_for_apis
+                .state()
+                .iter()
+                .filter(|role| {
+                    role.namespace().as_deref() == Some(namespace.as_str()) && role.spec.data_apis.contains(&name)
+                })
+                .map(|role| ObjectRef::from(role.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .watches(
             scoped::<PartialObjectMeta<Secret>>(&client, namespace),
             config.clone(),
@@ -209,13 +231,39 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
         .for_each(|_| future::ready(()));
 
     info!(namespace = namespace.unwrap_or("<all>"), "controllers started");
-    let controllers = async move {
-        // Reconciling a DataApi before the role cache has its first list would drop its roles.
-        if cache_ready.wait_until_ready().await.is_ok() {
-            future::join(data_apis, roles).await;
+    // Reconciling a DataApi before the role cache has its first list would drop its roles; the
+    // role controller fills that cache, so it runs from the start.
+    let data_apis = async move {
+        if role_cache.wait_until_ready().await.is_ok() {
+            data_apis.await;
         }
     };
-    futures::pin_mut!(controllers, role_reflector);
-    future::select(controllers, role_reflector).await;
+    future::join(data_apis, roles).await;
     info!("controllers stopped");
+}
+
+/// The objects of a watch when they appear and when they are deleted, without the updates in
+/// between: what a role's binding depends on. Objects deleted while the watch was disconnected
+/// go unnoticed until the next resync.
+fn created_or_deleted<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+) -> impl Stream<Item = Result<K, watcher::Error>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut seen: HashSet<ObjectRef<K>> = HashSet::new();
+    events.filter_map(move |event| {
+        let changed = match event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                seen.insert(ObjectRef::from(&object)).then_some(Ok(object))
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                seen.remove(&ObjectRef::from(&object));
+                Some(Ok(object))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(error) => Some(Err(error)),
+        };
+        future::ready(changed)
+    })
 }

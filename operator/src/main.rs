@@ -30,6 +30,9 @@ struct Args {
     /// Seconds between reconciles of an unchanged object, a safety net behind the watches.
     #[arg(long, env = "SLUICE_RESYNC_SECONDS", default_value_t = 600)]
     resync_seconds: u64,
+    /// Reconciles in flight at once, per controller (DataApi and ApiRole).
+    #[arg(long, env = "SLUICE_RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -124,6 +127,7 @@ async fn operate(args: Args) -> Result<(), Failure> {
     let settings = Settings {
         runtime_image: args.runtime_image,
         resync: Duration::from_secs(args.resync_seconds),
+        concurrency: args.concurrency,
     };
     // The chart passes an empty SLUICE_WATCH_NAMESPACES for "all namespaces"; empty entries name none.
     let namespaces: Vec<String> = args

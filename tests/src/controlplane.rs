@@ -22,6 +22,11 @@
 //! however the test binary ends, and a normal exit (including after failed
 //! tests) also removes the state directory. kwokctl would not start it any
 //! faster: start-up (about 5 s) is dominated by kube-apiserver becoming ready.
+//!
+//! Every component talks to the API server as the admin, so the API server
+//! audits nothing they do. It audits only the writes of ServiceAccounts
+//! ([`ControlPlane::audit_log_path`]): a benchmark that runs a process under a
+//! ServiceAccount token can count that process's writes alone.
 
 use std::{
     fs::{self, File},
@@ -67,10 +72,31 @@ const LOG_TAIL_LINES: usize = 40;
 
 /// The ServiceAccount token issuer; the conventional in-cluster one.
 const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-/// Service ClusterIPs are allocated from here; its first address goes into
-/// the serving certificate, as for the in-cluster `kubernetes` Service.
-const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/24";
+/// Service ClusterIPs are allocated from here (room for a benchmark's
+/// thousands of Services); its first address goes into the serving
+/// certificate, as for the in-cluster `kubernetes` Service.
+const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
 const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
+/// The API server's audit policy: one line per write (create, update, patch,
+/// delete) made with a ServiceAccount's credentials, at the `Metadata` level;
+/// nothing else. The tests authenticate as the admin (impersonating when they
+/// act as a ServiceAccount), so for them it logs nothing.
+const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"#;
+
+/// Client rate limits of kube-controller-manager and kube-scheduler, as
+/// kwokctl sets them: their defaults (20 and 50 requests per second) would
+/// throttle a benchmark's thousand Deployments, and the tests never come near.
+const COMPONENT_API_QPS: &str = "--kube-api-qps=5000";
+const COMPONENT_API_BURST: &str = "--kube-api-burst=10000";
 
 /// The binaries build.sh produces that the control plane runs.
 const REQUIRED_BINARIES: [&str; 6] = [
@@ -151,6 +177,14 @@ impl ControlPlane {
     /// The kubeconfig file of the control plane (cluster-admin credentials).
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
+    }
+
+    /// The API server's audit log: one JSON line (an `audit.k8s.io/v1` Event) per
+    /// write made with a ServiceAccount's credentials. It grows while the
+    /// control plane runs; a line is written before the API server answers
+    /// the request it records.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.work_dir.join("logs/audit.log")
     }
 
     /// A `kubectl` command (the same Kubernetes version as the server) already
@@ -284,6 +318,8 @@ impl ControlPlane {
 
         let ca = pki.path("ca.crt");
         let service_account_key = pki.path("service-account.key");
+        let audit_policy = self.work_dir.join("audit-policy.yaml");
+        fs::write(&audit_policy, AUDIT_POLICY).with_context(|| format!("cannot write {}", audit_policy.display()))?;
         // kube-apiserver retries etcd until it answers, so it starts right away.
         self.spawn(
             "kube-apiserver",
@@ -305,6 +341,8 @@ impl ControlPlane {
                 format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
                 "--authorization-mode=Node,RBAC".to_owned(),
                 "--allow-privileged=true".to_owned(),
+                format!("--audit-policy-file={}", audit_policy.display()),
+                format!("--audit-log-path={}", self.audit_log_path().display()),
             ],
         )?;
 
@@ -331,6 +369,8 @@ impl ControlPlane {
                 // The default set includes the garbage collector and the
                 // deployment, replicaset, namespace and serviceaccount controllers.
                 "--controllers=*".to_owned(),
+                COMPONENT_API_QPS.to_owned(),
+                COMPONENT_API_BURST.to_owned(),
                 format!("--root-ca-file={}", ca.display()),
                 format!("--service-account-private-key-file={}", service_account_key.display()),
             ],
@@ -341,6 +381,8 @@ impl ControlPlane {
                 kubeconfig.clone(),
                 "--secure-port=0".to_owned(),
                 "--leader-elect=false".to_owned(),
+                COMPONENT_API_QPS.to_owned(),
+                COMPONENT_API_BURST.to_owned(),
             ],
         )?;
         let stages = self
@@ -675,9 +717,10 @@ fn write_kubeconfig(path: &Path, api_server_port: u16, pki: &Pki) -> Result<()> 
 
 /// The node kwok manages (it selects nodes by the `kwok.x-k8s.io/node`
 /// annotation). It has no taint, so workloads need no toleration, and its
-/// capacity is generous so that scheduling never fails for lack of room.
+/// capacity is generous so that scheduling never fails for lack of room, even
+/// for a benchmark's thousands of pods (50m CPU and 64Mi requested each).
 fn fake_node() -> Result<Node> {
-    let resources = json!({ "cpu": "32", "memory": "256Gi", "pods": "110" });
+    let resources = json!({ "cpu": "1000", "memory": "4Ti", "pods": "5000" });
     Ok(serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",

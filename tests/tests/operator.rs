@@ -42,6 +42,7 @@ async fn harness(prefix: &str) -> Harness {
     let settings = Settings {
         runtime_image: "sluice-runtime:test".into(),
         resync: Duration::from_secs(2),
+        concurrency: 16,
     };
     let operator = tokio::spawn(sluice_operator::run(client.clone(), settings, Some(namespace.clone())));
     Harness {

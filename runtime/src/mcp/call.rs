@@ -22,7 +22,7 @@ use crate::authz::Access;
 use crate::error::ApiError;
 use crate::metrics::RequestOutcome;
 use crate::pipeline::{self, CallFacts};
-use crate::plan::{self, Action, Paging, Plan};
+use crate::plan::{self, Action, Filter, Paging, Plan, ReadPlan};
 use crate::query::{Condition, IsValue, Nulls, Operand, OrderTerm, ReadQuery, SelectItem};
 use crate::schema::{Schema, Table};
 
@@ -587,12 +587,7 @@ impl Tool<'_> {
         let offset = read.offset;
         // One row more than asked tells whether this page is the last.
         read.limit = limit + 1;
-        let plan = Plan {
-            table: table.name.clone(),
-            action: Action::Read(read),
-            returning: None,
-        };
-        let outcome = self.run(plan, false).await?;
+        let outcome = self.read(table, read, false).await?;
         Ok(rows_result(
             &outcome.rows,
             usize::try_from(limit).unwrap_or(usize::MAX),
@@ -647,12 +642,7 @@ impl Tool<'_> {
             ..ReadQuery::default()
         };
         let read = plan::read(self.view, table, &query, self.paging())?;
-        let plan = Plan {
-            table: table.name.clone(),
-            action: Action::Read(read),
-            returning: None,
-        };
-        let outcome = self.run(plan, false).await?;
+        let outcome = self.read(table, read, false).await?;
         match outcome.rows.first() {
             Some(row) => Ok(format!("{{\"row\":{row}}}")),
             None => Err(ApiError::RowNotFound {
@@ -672,13 +662,36 @@ impl Tool<'_> {
             ..ReadQuery::default()
         };
         let read = plan::read(self.view, table, &query, self.paging())?;
+        let outcome = self.read(table, read, true).await?;
+        Ok(json!({ "count": outcome.total.unwrap_or_default() }).to_string())
+    }
+
+    /// Runs a read of `table`; `count` also counts every matching row.
+    async fn read(&self, table: &Table, read: ReadPlan, count: bool) -> Result<crate::execute::Outcome, ApiError> {
         let plan = Plan {
             table: table.name.clone(),
             action: Action::Read(read),
             returning: None,
         };
-        let outcome = self.run(plan, true).await?;
-        Ok(json!({ "count": outcome.total.unwrap_or_default() }).to_string())
+        self.run(plan, count).await
+    }
+
+    /// The filters an update or delete by `tool` must have (an empty list would change every
+    /// row), once the database takes writes to `table`.
+    fn required_filters(
+        &self,
+        table: &Table,
+        tool: &'static str,
+        filters: &[FilterArgument],
+    ) -> Result<Vec<Filter>, ApiError> {
+        if filters.is_empty() {
+            return Err(ApiError::FilterRequired {
+                verb: tool,
+                table: table.name.clone(),
+            });
+        }
+        plan::check_writable(table, self.config.database.read_only)?;
+        plan::filters(table, &conditions(filters)?)
     }
 
     /// Rows written, returned as the role reads them and capped like a read.
@@ -721,15 +734,7 @@ impl Tool<'_> {
         let arguments = arguments?;
         let table = self.table(&arguments.table)?;
         let writable = self.access.writable(table, &[Verb::Update])?;
-        if arguments.filters.is_empty() {
-            return Err(ApiError::FilterRequired {
-                verb: "update_rows",
-                table: table.name.clone(),
-            }
-            .into());
-        }
-        plan::check_writable(table, self.config.database.read_only)?;
-        let filters = plan::filters(table, &conditions(&arguments.filters)?)?;
+        let filters = self.required_filters(table, UPDATE_ROWS, &arguments.filters)?;
         let mut set = BTreeMap::new();
         for (column, value) in &arguments.set {
             set.insert(
@@ -764,15 +769,7 @@ impl Tool<'_> {
         let arguments = arguments?;
         let table = self.table(&arguments.table)?;
         self.access.require(&table.name, &[Verb::Delete])?;
-        if arguments.filters.is_empty() {
-            return Err(ApiError::FilterRequired {
-                verb: "delete_rows",
-                table: table.name.clone(),
-            }
-            .into());
-        }
-        plan::check_writable(table, self.config.database.read_only)?;
-        let filters = plan::filters(table, &conditions(&arguments.filters)?)?;
+        let filters = self.required_filters(table, DELETE_ROWS, &arguments.filters)?;
         self.write(table, Action::Delete(filters), "deleted").await
     }
 }

@@ -443,11 +443,7 @@ impl ControlPlane {
             // Its own process group: a Ctrl-C in the terminal reaches only the
             // test binary, whose death then kills the component (below).
             .process_group(0);
-        let parent = std::process::id();
-        // SAFETY: the closure calls only async-signal-safe functions.
-        unsafe {
-            command.pre_exec(move || kill_me_when_parent_dies(parent));
-        }
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin_dir.join(name).display()))?;
@@ -529,6 +525,17 @@ extern "C" fn stop_shared_at_exit() {
     if let Some(Ok(control_plane)) = SHARED.get() {
         control_plane.kill_components();
         let _ = fs::remove_dir_all(&control_plane.work_dir);
+    }
+}
+
+/// Makes the process `command` starts die with this one (with the thread that
+/// starts it, strictly: see `PR_SET_PDEATHSIG`), so a test binary that is
+/// killed leaves no process behind.
+pub fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure calls only async-signal-safe functions.
+    unsafe {
+        command.pre_exec(move || kill_me_when_parent_dies(parent));
     }
 }
 

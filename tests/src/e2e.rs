@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use serde_yaml::Value as Yaml;
 use sluice_crds::dataapi::Engine;
 use sluice_runtime::db::Database;
 
-use crate::controlplane::ControlPlane;
+use crate::controlplane::{ControlPlane, die_with_parent};
 
 /// How many trailing lines of a process's log go into a failure message.
 const LOG_TAIL_LINES: usize = 40;
@@ -90,16 +89,7 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone the log file"))
             .stderr(log_file);
-        // SAFETY: prctl is async-signal-safe. A test binary that is killed leaves no process behind.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));

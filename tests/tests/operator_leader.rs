@@ -3,8 +3,7 @@
 //! the way Kubernetes would.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -14,8 +13,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use sluice_crds::DataApi;
-use sluice_tests::controlplane::ControlPlane;
+use sluice_tests::controlplane::{ControlPlane, die_with_parent};
 use sluice_tests::crds::install_crds;
+use sluice_tests::e2e::{free_port, workspace_binaries};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -36,29 +36,10 @@ const RECONCILES: &str = "sluice_operator_reconciles_total{controller=\"DataApi\
 fn operator_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        // The test runs as <target>/<profile>/deps/operator_leader-<hash>.
-        let test_exe = std::env::current_exe().expect("the test executable's path");
-        let profile_dir = test_exe.parent().and_then(Path::parent).expect("<target>/<profile>");
-        let target_dir = profile_dir.parent().expect("<target>");
-        let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "sluice-operator",
-                "--bin",
-                "sluice-operator",
-                "--target-dir",
-            ])
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "cargo build -p sluice-operator failed: {status}");
-        profile_dir.join("sluice-operator")
+        let dir = std::env::temp_dir().join(format!("sluice-operator-leader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a directory for the operator binary");
+        let [binary] = workspace_binaries([("sluice-operator", "sluice-operator")], &dir);
+        binary
     })
 }
 
@@ -90,17 +71,7 @@ impl Operator {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone the log file"))
             .stderr(log_file);
-        // SAFETY: prctl is async-signal-safe. The operator dies with the thread that started
-        // it, so a test binary that is killed leaves no operator behind.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        die_with_parent(&mut command);
         let child = Command::from(command)
             .kill_on_drop(true)
             .spawn()
@@ -172,13 +143,6 @@ impl Operator {
             lines[lines.len().saturating_sub(30)..].join("\n")
         )
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// Polls `check` until it yields a value, failing after `limit` with `what` and `context()`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -14,10 +14,11 @@ use sluice_crds::apirole::generated_key_secret_name;
 use sluice_crds::{ApiRole, ApiRoleStatus};
 use tracing::{info, instrument, warn};
 
-use crate::context::{Context, FIELD_MANAGER, get_cached};
+use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Doing, Error};
-use crate::keys::{KEY_DATA_KEY, key_secret, secret_value};
+use crate::keys::{KEY_DATA_KEY, key_secret};
 use crate::metrics::ControllerKind;
+use crate::secrets::Found;
 use crate::status::{self, Decided, reason};
 
 /// Label on generated key Secrets naming their role, used to find keys to revoke.
@@ -40,27 +41,31 @@ pub async fn reconcile(role: Arc<ApiRole>, ctx: Arc<Context>) -> Result<Action, 
         match &key.secret_ref {
             None => {
                 let name = generated_key_secret_name(&role_name, &key.name);
-                ensure_generated_key(&secrets, &role, &ctx, &key.name, &name).await?;
+                ensure_generated_key(&secrets, &role, &ctx, &namespace, &key.name, &name).await?;
                 generated.push(name);
                 usable_keys += 1;
             }
             Some(reference) => {
-                let secret = get_cached(&secrets, &reference.name)
+                let found = ctx
+                    .secrets
+                    .lookup(&namespace, &reference.name, &reference.key)
                     .await
                     .doing(|| format!("reading Secret {namespace}/{}", reference.name))?;
-                match secret.as_ref().map(|s| secret_value(s, &reference.key)) {
-                    Some(Some(_)) => usable_keys += 1,
-                    Some(None) => key_problems.push(format!(
+                match found {
+                    Found::Value(_) => usable_keys += 1,
+                    Found::NoKey => key_problems.push(format!(
                         "key \"{}\": secret \"{}\" has no key \"{}\"",
                         key.name, reference.name, reference.key
                     )),
-                    None => key_problems.push(format!("key \"{}\": secret \"{}\" not found", key.name, reference.name)),
+                    Found::NoSecret => {
+                        key_problems.push(format!("key \"{}\": secret \"{}\" not found", key.name, reference.name))
+                    }
                 }
             }
         }
     }
     if !ctx.revoked_at_current_generation(&role) {
-        revoke_removed_keys(&secrets, &role, &namespace).await?;
+        revoke_removed_keys(&secrets, &role, &ctx).await?;
         ctx.revoked(&role);
     }
 
@@ -142,13 +147,16 @@ async fn ensure_generated_key(
     secrets: &Api<Secret>,
     role: &ApiRole,
     ctx: &Context,
+    namespace: &str,
     key_name: &str,
     secret_name: &str,
 ) -> Result<(), Error> {
-    let present = get_cached(secrets, secret_name)
+    let present = ctx
+        .secrets
+        .lookup(namespace, secret_name, KEY_DATA_KEY)
         .await
-        .doing(|| format!("reading Secret {secret_name}"))?;
-    if present.and_then(|s| secret_value(&s, KEY_DATA_KEY)).is_some() {
+        .doing(|| format!("reading Secret {namespace}/{secret_name}"))?;
+    if matches!(present, Found::Value(_)) {
         return Ok(());
     }
     let created = secrets
@@ -158,7 +166,9 @@ async fn ensure_generated_key(
         )
         .await;
     match created {
-        Ok(_) => {
+        Ok(created) => {
+            // The DataApis bound to this role hash the key next: from memory, not a read back.
+            ctx.secrets.remember(&created);
             info!(secret = secret_name, "generated an API key");
             let event = Event {
                 type_: EventType::Normal,
@@ -184,7 +194,9 @@ async fn ensure_generated_key(
 }
 
 /// Deletes generated key Secrets whose key no longer appears in the spec, revoking the key.
-async fn revoke_removed_keys(secrets: &Api<Secret>, role: &ApiRole, namespace: &str) -> Result<(), Error> {
+/// The role's key Secrets are found in the watched Secrets' metadata: no list request.
+async fn revoke_removed_keys(secrets: &Api<Secret>, role: &ApiRole, ctx: &Context) -> Result<(), Error> {
+    let namespace = role.namespace();
     let role_name = role.name_any();
     let wanted: BTreeSet<&str> = role
         .spec
@@ -193,36 +205,24 @@ async fn revoke_removed_keys(secrets: &Api<Secret>, role: &ApiRole, namespace: &
         .filter(|k| k.secret_ref.is_none())
         .map(|k| k.name.as_str())
         .collect();
-    let owned = secrets
-        .list_metadata(&ListParams::default().labels(&format!("{ROLE_LABEL}={role_name}")))
-        .await
-        .doing(|| format!("listing the key Secrets of ApiRole {namespace}/{role_name}"))?;
-    let uid = role.meta().uid.clone();
-    for secret in owned.items {
-        let owned_by_role = secret
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| Some(&o.uid) == uid.as_ref());
-        let key = secret
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(KEY_LABEL))
-            .cloned()
-            .unwrap_or_default();
-        if owned_by_role && !wanted.contains(key.as_str()) {
-            let name = secret.name_any();
-            match secrets.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => info!(secret = %name, "revoked an API key removed from the spec"),
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => {
-                    return Err(Error::Kube {
-                        action: format!("deleting Secret {name}"),
-                        source,
-                    });
-                }
+    let uid = role.meta().uid.as_ref();
+    let removed = ctx.secrets.all_metadata().into_iter().filter(|secret| {
+        let label = |name: &str| secret.labels().get(name).map(String::as_str);
+        secret.namespace() == namespace
+            && label(ROLE_LABEL) == Some(role_name.as_str())
+            && secret.owner_references().iter().any(|owner| Some(&owner.uid) == uid)
+            && !wanted.contains(label(KEY_LABEL).unwrap_or_default())
+    });
+    for secret in removed {
+        let name = secret.name_any();
+        match secrets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => info!(secret = %name, "revoked an API key removed from the spec"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("deleting Secret {name}"),
+                    source,
+                });
             }
         }
     }

@@ -1,10 +1,14 @@
-//! State shared by every reconcile: the client, settings, the ApiRole cache, the event
-//! recorder, metrics and per-object failure counts for backoff.
+//! State shared by every reconcile: the client, settings, the watched objects (roles, DataApis,
+//! Secrets' metadata, the DataApis' children), the event recorder, metrics and per-object failure
+//! counts for backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, GetParams, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -14,6 +18,7 @@ use sluice_crds::{ApiRole, DataApi};
 
 use crate::applied::AppliedChildren;
 use crate::metrics::Metrics;
+use crate::secrets::SecretDigests;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "sluice-operator";
@@ -31,6 +36,23 @@ pub struct Settings {
     pub concurrency: u16,
 }
 
+/// The objects the controllers read, as their watches last saw them: a reconcile reads these
+/// rather than asking the API server.
+pub struct Caches {
+    /// ApiRoles.
+    pub roles: Store<ApiRole>,
+    /// DataApis.
+    pub data_apis: Store<DataApi>,
+    /// Secrets' metadata (no values, no annotations).
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// The DataApis' Deployments, for their rollout state.
+    pub deployments: Store<Deployment>,
+    /// The DataApis' Services' metadata.
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// The DataApis' PodDisruptionBudgets' metadata.
+    pub budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     /// Kubernetes client.
@@ -41,6 +63,14 @@ pub struct Context {
     pub roles: Store<ApiRole>,
     /// Cached DataApis, kept current by a watch.
     pub data_apis: Store<DataApi>,
+    /// Digests of the Secrets' values, read once per Secret version.
+    pub secrets: SecretDigests,
+    /// The DataApis' Deployments, kept current by a watch.
+    pub deployments: Store<Deployment>,
+    /// The DataApis' Services' metadata, kept current by a watch.
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// The DataApis' PodDisruptionBudgets' metadata, kept current by a watch.
+    pub budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
     /// Publishes Kubernetes events.
     pub recorder: Recorder,
     /// Reconcile counts, failures and durations.
@@ -49,20 +79,14 @@ pub struct Context {
     pub applied: AppliedChildren,
     failures: Mutex<HashMap<String, u32>>,
     /// The generation of each ApiRole whose removed keys were last revoked: keys leave a role
-    /// only through a spec change, so the revocation's list of Secrets is needed once per
-    /// generation, not on every reconcile.
+    /// only through a spec change, so its key Secrets are looked for once per generation, not
+    /// on every reconcile.
     revoked_at: Mutex<HashMap<ObjectRef<ApiRole>, i64>>,
 }
 
 impl Context {
-    /// A context for controllers sharing `roles` and `data_apis`, recording into `metrics`.
-    pub fn new(
-        client: Client,
-        settings: Settings,
-        roles: Store<ApiRole>,
-        data_apis: Store<DataApi>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A context for controllers reading `caches`, recording into `metrics`.
+    pub fn new(client: Client, settings: Settings, caches: Caches, metrics: Arc<Metrics>) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -71,10 +95,14 @@ impl Context {
             },
         );
         Self {
+            secrets: SecretDigests::new(client.clone(), caches.secrets),
             client,
             settings,
-            roles,
-            data_apis,
+            roles: caches.roles,
+            data_apis: caches.data_apis,
+            deployments: caches.deployments,
+            services: caches.services,
+            budgets: caches.budgets,
             recorder,
             metrics,
             applied: AppliedChildren::default(),
@@ -140,14 +168,6 @@ where
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(error) => Err(error),
     }
-}
-
-/// The metadata of the object `name`, from the API server's watch cache (see [`get_cached`]).
-pub async fn get_cached_metadata<K>(api: &Api<K>, name: &str) -> Result<Option<PartialObjectMeta<K>>, kube::Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    api.get_metadata_opt_with(name, &GetParams::any()).await
 }
 
 /// The wait after the `failures`-th consecutive failure: 1 s, 2 s, 4 s, … capped at 5 minutes.

@@ -15,18 +15,18 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use sluice_crds::apirole::generated_key_secret_name;
 use sluice_crds::common::SecretKeyRef;
 use sluice_crds::{ApiRole, DataApi, DataApiStatus, KeyHashes, RuntimeConfig, resolve};
 use tracing::{info, instrument, warn};
 
 use crate::applied;
-use crate::context::{Context, FIELD_MANAGER, get_cached, get_cached_metadata};
+use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Doing, Error};
-use crate::keys::{KEY_DATA_KEY, secret_value};
+use crate::keys::KEY_DATA_KEY;
 use crate::metrics::ControllerKind;
 use crate::resources::{self, ChildNames, PodInputs, RESTART_HASH_ANNOTATION};
+use crate::secrets::{Found, ValueDigests};
 use crate::status::{self, Decided, Rollout, reason};
 
 /// Why a DataApi cannot be deployed as it stands; becomes `ConfigValid=False`.
@@ -157,23 +157,20 @@ async fn plan(api: &DataApi, ctx: &Context, namespace: &str) -> Result<Result<Pl
     if let Err(message) = resources::check_name(&name) {
         return Ok(Err(Invalid::new(reason::INVALID_NAME, message)));
     }
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
-    let database_url = match &api.spec.database.connection_secret_ref {
+    let database_url_digest = match &api.spec.database.connection_secret_ref {
         Some(reference) => {
-            match read_secret_key(&secrets, namespace, reference, "spec.database.connectionSecretRef").await? {
-                Ok(value) => Some(value),
+            match secret_digests(ctx, namespace, reference, "spec.database.connectionSecretRef").await? {
+                Ok(value) => Some(value.exact),
                 Err(invalid) => return Ok(Err(invalid)),
             }
         }
         None => None,
     };
-    let jwt_secret = match api.spec.auth.jwt.as_ref().and_then(|jwt| jwt.hmac_secret_ref.as_ref()) {
-        Some(reference) => {
-            match read_secret_key(&secrets, namespace, reference, "spec.auth.jwt.hmacSecretRef").await? {
-                Ok(value) => Some(value),
-                Err(invalid) => return Ok(Err(invalid)),
-            }
-        }
+    let jwt_secret_digest = match api.spec.auth.jwt.as_ref().and_then(|jwt| jwt.hmac_secret_ref.as_ref()) {
+        Some(reference) => match secret_digests(ctx, namespace, reference, "spec.auth.jwt.hmacSecretRef").await? {
+            Ok(value) => Some(value.exact),
+            Err(invalid) => return Ok(Err(invalid)),
+        },
         None => None,
     };
     let extra_volumes = match resources::pod_volumes(api) {
@@ -188,7 +185,7 @@ async fn plan(api: &DataApi, ctx: &Context, namespace: &str) -> Result<Result<Pl
         .filter(|role| role.namespace().as_deref() == Some(namespace) && role.spec.data_apis.contains(&name))
         .map(|role| (**role).clone())
         .collect();
-    let hashes = match key_hashes(&secrets, namespace, &roles).await? {
+    let hashes = match key_hashes(ctx, namespace, &roles).await? {
         Ok(hashes) => hashes,
         Err(invalid) => return Ok(Err(invalid)),
     };
@@ -207,76 +204,70 @@ async fn plan(api: &DataApi, ctx: &Context, namespace: &str) -> Result<Result<Pl
                 .image
                 .clone()
                 .unwrap_or_else(|| ctx.settings.runtime_image.clone()),
-            database_url_digest: database_url.map(|value| digest(&value)),
-            jwt_secret_digest: jwt_secret.map(|value| digest(&value)),
+            database_url_digest,
+            jwt_secret_digest,
             extra_volumes,
         },
         roles: role_names,
     }))
 }
 
-fn digest(value: &str) -> String {
-    hex::encode(Sha256::digest(value.as_bytes()))
-}
-
-/// Reads `reference` from the namespace's Secrets; a missing Secret or key is the user's to fix.
-async fn read_secret_key(
-    secrets: &Api<Secret>,
+/// The digests of the value `reference` names; a missing Secret or key is the user's to fix.
+async fn secret_digests(
+    ctx: &Context,
     namespace: &str,
     reference: &SecretKeyRef,
     field: &str,
-) -> Result<Result<String, Invalid>, Error> {
-    let secret = get_cached(secrets, &reference.name)
+) -> Result<Result<ValueDigests, Invalid>, Error> {
+    let found = ctx
+        .secrets
+        .lookup(namespace, &reference.name, &reference.key)
         .await
         .doing(|| format!("reading Secret {namespace}/{}", reference.name))?;
-    let Some(secret) = secret else {
-        return Ok(Err(Invalid::new(
+    Ok(match found {
+        Found::Value(digests) => Ok(digests),
+        Found::NoSecret => Err(Invalid::new(
             reason::SECRET_NOT_FOUND,
             format!(
                 "{field}: secret \"{}\" not found in namespace {namespace}; create it with key \"{}\"",
                 reference.name, reference.key
             ),
-        )));
-    };
-    Ok(secret_value(&secret, &reference.key).ok_or_else(|| {
-        Invalid::new(
+        )),
+        Found::NoKey => Err(Invalid::new(
             reason::SECRET_KEY_MISSING,
             format!(
                 "{field}: secret \"{}\" has no key \"{}\" in namespace {namespace}",
                 reference.name, reference.key
             ),
-        )
-    }))
+        )),
+    })
 }
 
 /// Hashes every API key of `roles`: user-provided ones from their Secret, generated ones from
 /// the Secret the ApiRole controller creates.
-async fn key_hashes(
-    secrets: &Api<Secret>,
-    namespace: &str,
-    roles: &[ApiRole],
-) -> Result<Result<KeyHashes, Invalid>, Error> {
+async fn key_hashes(ctx: &Context, namespace: &str, roles: &[ApiRole]) -> Result<Result<KeyHashes, Invalid>, Error> {
     let mut hashes = KeyHashes::new();
     for role in roles {
         let role_name = role.name_any();
         for key in &role.spec.api_keys {
-            let value = match &key.secret_ref {
+            let digests = match &key.secret_ref {
                 Some(reference) => {
                     let field = format!("ApiRole {role_name}: spec.apiKeys \"{}\".secretRef", key.name);
-                    match read_secret_key(secrets, namespace, reference, &field).await? {
-                        Ok(value) => value,
+                    match secret_digests(ctx, namespace, reference, &field).await? {
+                        Ok(digests) => digests,
                         Err(invalid) => return Ok(Err(invalid)),
                     }
                 }
                 None => {
                     let secret_name = generated_key_secret_name(&role_name, &key.name);
-                    let generated = get_cached(secrets, &secret_name)
+                    let generated = ctx
+                        .secrets
+                        .lookup(namespace, &secret_name, KEY_DATA_KEY)
                         .await
-                        .doing(|| format!("reading Secret {namespace}/{secret_name}"))?
-                        .and_then(|secret| secret_value(&secret, KEY_DATA_KEY));
+                        .doing(|| format!("reading Secret {namespace}/{secret_name}"))?;
                     match generated {
-                        Some(value) => value,
-                        None => {
+                        Found::Value(digests) => digests,
+                        Found::NoSecret | Found::NoKey => {
                             return Ok(Err(Invalid::new(
                                 reason::KEY_PENDING,
                                 format!(
@@ -288,7 +279,7 @@ async fn key_hashes(
                     }
                 }
             };
-            hashes.insert_plaintext(&role_name, &key.name, value.trim());
+            hashes.insert_hash(&role_name, &key.name, digests.trimmed);
         }
     }
     Ok(Ok(hashes))
@@ -302,45 +293,35 @@ async fn apply_children(api: &DataApi, ctx: &Context, namespace: &str, plan: &Pl
     let owner = ObjectRef::from(api);
     let client = &ctx.client;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let live = live_metadata(&secrets, &names.config_secret).await?;
+    let live = ctx.secrets.metadata(namespace, &names.config_secret);
     let config = resources::config_secret(api, &plan.config);
-    apply_unless_current(ctx, &owner, &secrets, &names.config_secret, &config, live.as_ref()).await?;
+    let live = live.as_ref().map(|secret| &secret.metadata);
+    apply_unless_current(ctx, &owner, &secrets, &names.config_secret, &config, live).await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let existing = get_cached(&deployments, &names.workload)
-        .await
-        .doing(|| format!("reading Deployment {namespace}/{}", names.workload))?;
+    let existing = ctx.deployments.get(&child(namespace, &names.workload));
+    let existing = existing.as_deref();
     let desired = resources::deployment(api, &plan.inputs);
     let live = existing.as_ref().map(|deployment| &deployment.metadata);
     let rollout = match apply_unless_current(ctx, &owner, &deployments, &names.workload, &desired, live).await? {
         Some(applied) => {
-            announce_rollout(api, ctx, existing.as_ref(), &desired).await;
+            announce_rollout(api, ctx, existing, &desired).await;
             Rollout::of(&applied)
         }
-        None => Rollout::of(
-            existing
-                .as_ref()
-                .expect("an apply is skipped only for an existing Deployment"),
-        ),
+        None => Rollout::of(existing.expect("an apply is skipped only for an existing Deployment")),
     };
 
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let live = live_metadata(&services, &names.workload).await?;
-    apply_unless_current(
-        ctx,
-        &owner,
-        &services,
-        &names.workload,
-        &resources::service(api),
-        live.as_ref(),
-    )
-    .await?;
+    let live = ctx.services.get(&child(namespace, &names.workload));
+    let live = live.as_ref().map(|service| &service.metadata);
+    apply_unless_current(ctx, &owner, &services, &names.workload, &resources::service(api), live).await?;
 
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
-    let live = live_metadata(&budgets, &names.workload).await?;
+    let live = ctx.budgets.get(&child(namespace, &names.workload));
     match (resources::disruption_budget(api), live) {
         (Some(budget), live) => {
-            apply_unless_current(ctx, &owner, &budgets, &names.workload, &budget, live.as_ref()).await?;
+            let live = live.as_ref().map(|budget| &budget.metadata);
+            apply_unless_current(ctx, &owner, &budgets, &names.workload, &budget, live).await?;
         }
         (None, Some(_)) => {
             let deleted = budgets.delete(&names.workload, &DeleteParams::default()).await;
@@ -360,15 +341,13 @@ async fn apply_children(api: &DataApi, ctx: &Context, namespace: &str, plan: &Pl
     Ok(rollout)
 }
 
-/// The metadata of the child `name`, if it exists.
-async fn live_metadata<K>(api: &Api<K>, name: &str) -> Result<Option<ObjectMeta>, Error>
+/// The child `name` of `namespace`, as its store names it.
+fn child<K>(namespace: &str, name: &str) -> ObjectRef<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: kube::runtime::reflector::Lookup,
+    K::DynamicType: Default,
 {
-    Ok(get_cached_metadata(api, name)
-        .await
-        .doing(|| format!("reading {} {name}", K::kind(&())))?
-        .map(|partial| partial.metadata))
+    ObjectRef::new(name).within(namespace)
 }
 
 /// Applies `desired` unless it is what was last applied to the child and the child `live` has

@@ -1,5 +1,5 @@
 //! API keys: generated once into a Secret per key (see [`sluice_crds::generate_api_key`]), read
-//! back only to hash them.
+//! back only to hash them (see [`crate::secrets`]).
 
 use std::collections::BTreeMap;
 
@@ -40,16 +40,6 @@ pub fn key_secret(role: &ApiRole, key_name: &str, key: &str) -> Secret {
     }
 }
 
-/// The value under `key` in `secret`, as text.
-pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
-    let from_data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-    from_data.or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).cloned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +56,6 @@ mod tests {
 
         assert_eq!(secret.metadata.name.as_deref(), Some("analyst-key-dashboard"));
         assert_eq!(secret.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
-        assert_eq!(secret_value(&secret, KEY_DATA_KEY).as_deref(), Some("sluice_abc"));
+        assert_eq!(secret.data.unwrap()[KEY_DATA_KEY].0, b"sluice_abc");
     }
 }

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod leader;
 pub mod metrics;
 pub mod resources;
+pub mod secrets;
 pub mod status;
 
 use std::collections::HashSet;
@@ -31,9 +32,9 @@ use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, controller, pre
 use kube::{Client, Resource, ResourceExt};
 use sluice_crds::apirole::generated_key_secret_name;
 use sluice_crds::{ApiRole, DataApi};
-use tracing::info;
+use tracing::{info, warn};
 
-pub use context::{Context, Settings};
+pub use context::{Caches, Context, Settings};
 pub use metrics::Metrics;
 
 /// How long a controller waits after an object's last trigger before reconciling it: a new
@@ -133,6 +134,10 @@ pub async fn run(client: Client, settings: Settings, namespace: Option<String>) 
 /// role of a DataApi, for nothing. A DataApi wakes on its children's changes (a Deployment's
 /// rollout), on its roles' changes, and on the Secrets it reads; a role wakes on its DataApis
 /// appearing or going, and on its key Secrets.
+///
+/// Reconciles read what they need from watches (Secrets' metadata, the children) rather than
+/// asking the API server: at a thousand DataApis the API server, not the operator, is what
+/// limits how fast they all become ready. The controllers start once those watches have listed.
 pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Option<String>, metrics: Arc<Metrics>) {
     let namespace = namespace.as_deref();
     let controller_config = controller::Config::default()
@@ -157,19 +162,80 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
         .predicate_filter(predicates::generation, PredicateConfig::default());
     let data_api_controller =
         Controller::for_stream(data_api_specs, data_api_cache.clone()).with_config(controller_config);
+
+    // Metadata only, annotations dropped too (a client-side `kubectl apply` copies the values
+    // into one): the operator never keeps Secret values in memory.
+    let secrets = Shared::<PartialObjectMeta<Secret>>::new();
+    let (secrets_for_data_apis, secrets_for_roles) = (secrets.subscribe(), secrets.subscribe());
+    let secret_metadata = secrets.store.clone();
+    let secret_watch = secrets.reflect(
+        watcher(scoped::<PartialObjectMeta<Secret>>(&client, namespace), config.clone()).modify(|secret| {
+            secret.managed_fields_mut().clear();
+            secret.annotations_mut().clear();
+        }),
+    );
+    let deployments = Shared::<Deployment>::new();
+    let deployment_changes = deployments.subscribe();
+    let deployment_cache = deployments.store.clone();
+    let deployment_watch = deployments.reflect(
+        watcher(scoped::<Deployment>(&client, namespace), children.clone()).modify(|deployment| {
+            deployment.managed_fields_mut().clear();
+        }),
+    );
+    let services = Shared::<PartialObjectMeta<Service>>::new();
+    let service_changes = services.subscribe();
+    let service_cache = services.store.clone();
+    let service_watch = services.reflect(
+        watcher(
+            scoped::<PartialObjectMeta<Service>>(&client, namespace),
+            children.clone(),
+        )
+        .modify(strip_metadata),
+    );
+    let budgets = Shared::<PartialObjectMeta<PodDisruptionBudget>>::new();
+    let budget_changes = budgets.subscribe();
+    let budget_cache = budgets.store.clone();
+    let budget_watch = budgets.reflect(
+        watcher(
+            scoped::<PartialObjectMeta<PodDisruptionBudget>>(&client, namespace),
+            children,
+        )
+        .modify(strip_metadata),
+    );
+    let watches_listed = {
+        let (secrets, deployments) = (secret_metadata.clone(), deployment_cache.clone());
+        let (services, budgets) = (service_cache.clone(), budget_cache.clone());
+        async move {
+            future::try_join4(
+                secrets.wait_until_ready(),
+                deployments.wait_until_ready(),
+                services.wait_until_ready(),
+                budgets.wait_until_ready(),
+            )
+            .await
+            .is_ok()
+        }
+    };
+
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
-        role_cache.clone(),
-        data_api_cache.clone(),
+        Caches {
+            roles: role_cache.clone(),
+            data_apis: data_api_cache.clone(),
+            secrets: secret_metadata,
+            deployments: deployment_cache,
+            services: service_cache,
+            budgets: budget_cache,
+        },
         metrics,
     ));
 
     let (apis_for_secrets, roles_for_secrets) = (data_api_cache.clone(), role_cache.clone());
     let data_apis = data_api_controller
-        .owns(scoped::<Deployment>(&client, namespace), children.clone())
-        .owns(scoped::<Service>(&client, namespace), children.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, namespace), children.clone())
+        .owns_shared_stream(deployment_changes)
+        .owns_shared_stream(service_changes)
+        .owns_shared_stream(budget_changes)
         // Every change, status included: this watch and the role cache are separate streams, so
         // a DataApi woken by a new role may not find it in the cache yet; the role's first status
         // write wakes it again.
@@ -185,12 +251,9 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
                     .collect::<Vec<_>>()
             },
         )
-        // Metadata only: the operator never keeps Secret values in memory.
-        .watches(
-            scoped::<PartialObjectMeta<Secret>>(&client, namespace),
-            config.clone(),
-            move |secret| data_apis_for_secret(&secret, &apis_for_secrets, &roles_for_secrets),
-        )
+        .watches_shared_stream(secrets_for_data_apis, move |secret| {
+            data_apis_for_secret(&secret, &apis_for_secrets, &roles_for_secrets)
+        })
         .shutdown_on_signal()
         .run(dataapi::reconcile, dataapi::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
@@ -210,27 +273,20 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
                 .map(|role| ObjectRef::from(role.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .watches(
-            scoped::<PartialObjectMeta<Secret>>(&client, namespace),
-            config.clone(),
-            move |secret| {
-                let name = secret.name_any();
-                let namespace = secret.namespace().unwrap_or_default();
-                roles_for_keys
-                    .state()
-                    .iter()
-                    .filter(|role| {
-                        role.namespace().as_deref() == Some(namespace.as_str()) && role_uses_secret(role, &name)
-                    })
-                    .map(|role| ObjectRef::from(role.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(secrets_for_roles, move |secret| {
+            let name = secret.name_any();
+            let namespace = secret.namespace().unwrap_or_default();
+            roles_for_keys
+                .state()
+                .iter()
+                .filter(|role| role.namespace().as_deref() == Some(namespace.as_str()) && role_uses_secret(role, &name))
+                .map(|role| ObjectRef::from(role.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(apirole::reconcile, apirole::error_policy, ctx)
         .for_each(|_| future::ready(()));
 
-    info!(namespace = namespace.unwrap_or("<all>"), "controllers started");
     // Reconciling a DataApi before the role cache has its first list would drop its roles; the
     // role controller fills that cache, so it runs from the start.
     let data_apis = async move {
@@ -238,8 +294,67 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
             data_apis.await;
         }
     };
-    future::join(data_apis, roles).await;
+    let controllers = async move {
+        if watches_listed.await {
+            info!(namespace = namespace.unwrap_or("<all>"), "controllers started");
+            future::join(data_apis, roles).await;
+        }
+    };
+    let watches = future::join4(secret_watch, deployment_watch, service_watch, budget_watch);
+    // The shared watches run until the controllers stop (on a shutdown signal).
+    future::select(std::pin::pin!(controllers), std::pin::pin!(watches)).await;
     info!("controllers stopped");
+}
+
+/// Keeps the identity, labels and owners of a child, the fields a reconcile reads.
+fn strip_metadata<K: Resource>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object.annotations_mut().clear();
+}
+
+/// How many watch events a shared watch holds for a controller that has not taken them yet
+/// before it waits: a burst (a relist of every Secret) then paces the watch, not memory.
+const SHARED_WATCH_BUFFER: usize = 1024;
+
+/// A watch whose store the reconciles read and whose events wake one or more controllers.
+struct Shared<K: reflector::Lookup + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    store: Store<K>,
+    writer: reflector::store::Writer<K>,
+}
+
+impl<K> Shared<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    fn new() -> Self {
+        let (store, writer) = reflector::store_shared(SHARED_WATCH_BUFFER);
+        Self { store, writer }
+    }
+
+    /// The objects the watch changes, for one controller's triggers.
+    fn subscribe(&self) -> reflector::ReflectHandle<K> {
+        self.writer.subscribe().expect("a shared store can be subscribed to")
+    }
+
+    /// Runs `events` into the store and the subscribers until dropped, retrying with backoff.
+    fn reflect(
+        self,
+        events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let kind = K::kind(&()).into_owned();
+        events
+            .default_backoff()
+            .reflect_shared(self.writer)
+            .for_each(move |event| {
+                if let Err(error) = event {
+                    warn!(%error, kind, "watch failed; retrying");
+                }
+                future::ready(())
+            })
+    }
 }
 
 /// The objects of a watch when they appear and when they are deleted, without the updates in

@@ -187,6 +187,7 @@ async fn the_operator_may_do_what_it_uses_and_nothing_more() {
         ("update", "dataapis.sluice.dev", Some(&watched), false),
         ("delete", "dataapis.sluice.dev", Some(&watched), false),
         ("delete", "deployments.apps", Some(&watched), false),
+        ("get", "deployments.apps", Some(&watched), false),
         ("patch", "leases.coordination.k8s.io", Some(&watched), false),
         ("delete", "leases.coordination.k8s.io", Some(&release_namespace), false),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", None, false),

@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice_crds::config::CONFIG_FILE_NAME;
 use sluice_crds::{ApiRole, DataApi, KeyHashes, RuntimeConfig, resolve};
-use sluice_operator::keys::{KEY_DATA_KEY, secret_value};
+use sluice_operator::keys::KEY_DATA_KEY;
 use sluice_operator::resources::RESTART_HASH_ANNOTATION;
 use sluice_operator::{Settings, status};
 use sluice_tests::controlplane::ControlPlane;
@@ -162,7 +162,7 @@ async fn ready_sales(h: &Harness) -> DataApi {
 
 async fn rendered_config(h: &Harness) -> RuntimeConfig {
     let secret = h.api::<Secret>().get("sluice-sales-config").await.unwrap();
-    serde_json::from_str(&secret_value(&secret, CONFIG_FILE_NAME).unwrap()).unwrap()
+    serde_json::from_str(&secret_text(&secret, CONFIG_FILE_NAME).unwrap()).unwrap()
 }
 
 #[tokio::test]
@@ -198,7 +198,7 @@ async fn a_data_api_with_two_roles_becomes_ready_with_its_children() {
         h.api::<Secret>().get_opt("analyst-key-dashboard").await.ok().flatten()
     })
     .await;
-    let key = secret_value(&key_secret, KEY_DATA_KEY).unwrap();
+    let key = secret_text(&key_secret, KEY_DATA_KEY).unwrap();
     assert!(
         key.starts_with(sluice_crds::API_KEY_PREFIX) && key.len() >= sluice_crds::API_KEY_PREFIX.len() + 43,
         "{key}"
@@ -543,6 +543,55 @@ async fn a_role_change_rewrites_only_the_config_and_an_image_change_rolls_the_po
     assert_eq!(pod.containers[0].image.as_deref(), Some("sluice-runtime:next"));
 }
 
+/// The operator reads a Secret once per version: a new value must still reach the pods (a new
+/// connection string rolls them) and the config (a new key's hash).
+#[tokio::test]
+async fn a_changed_secret_value_rolls_the_pods_or_rehashes_the_key() {
+    let h = harness("op-rotate").await;
+    ready_sales(&h).await;
+    let deployment = h.api::<Deployment>().get("sluice-sales").await.unwrap();
+
+    h.dsn_secret("sales-db", "postgres://u:rotated@db:5432/sales").await;
+    eventually("the Deployment to roll for the new connection string", || async {
+        let d = h.api::<Deployment>().get("sluice-sales").await.ok()?;
+        (template_hash(&d).1 != template_hash(&deployment).1).then_some(())
+    })
+    .await;
+
+    let partner_key = |value: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{ name: partner-key }}\nstringData: {{ key: \"{value}\" }}")
+    };
+    h.apply_yaml::<Secret>(&partner_key("sluice_partner_one\\n")).await;
+    h.api::<ApiRole>()
+        .patch(
+            "viewer",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "apiKeys": [{ "name": "partner", "secretRef": { "name": "partner-key", "key": "key" } }] } })),
+        )
+        .await
+        .unwrap();
+    let partner_hash = || async {
+        let config = rendered_config(&h).await;
+        config
+            .api_keys
+            .iter()
+            .find(|k| k.id == "viewer/partner")
+            .map(|k| k.sha256.clone())
+    };
+    let expected = sluice_crds::hash_api_key("sluice_partner_one");
+    eventually("the partner key's hash, without its newline", || async {
+        (partner_hash().await? == expected).then_some(())
+    })
+    .await;
+
+    h.apply_yaml::<Secret>(&partner_key("sluice_partner_two")).await;
+    let expected = sluice_crds::hash_api_key("sluice_partner_two");
+    eventually("the rotated partner key's hash", || async {
+        (partner_hash().await? == expected).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn deleting_a_data_api_leaves_no_children() {
     let h = harness("op-delete").await;
@@ -586,7 +635,7 @@ async fn a_deleted_key_secret_is_regenerated_with_a_new_key_and_removed_keys_are
         (secret.metadata.uid != first.metadata.uid).then_some(secret)
     })
     .await;
-    assert_ne!(secret_value(&first, KEY_DATA_KEY), secret_value(&second, KEY_DATA_KEY));
+    assert_ne!(secret_text(&first, KEY_DATA_KEY), secret_text(&second, KEY_DATA_KEY));
 
     h.api::<ApiRole>()
         .patch(
@@ -700,4 +749,10 @@ async fn odd_specs_end_in_a_clear_condition() {
         error.to_string().contains("SQLite is a single-writer file database"),
         "{error}"
     );
+}
+
+/// The value under `key` in `secret`, as text.
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let value = secret.data.as_ref()?.get(key)?;
+    Some(String::from_utf8_lossy(&value.0).into_owned())
 }

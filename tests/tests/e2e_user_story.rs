@@ -625,15 +625,34 @@ async fn check_role_views(address: SocketAddr, base: &str, analyst_key: &str) {
 }
 
 /// The runtime's audit lines (its standard output) name the callers of step 5, never their keys.
-fn check_audit(runtime: &Process, analyst_key: &str) {
-    let log = runtime.log();
-    let audit: Vec<Value> = log
-        .lines()
-        .filter(|line| line.starts_with('{'))
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .filter(|line: &Value| line.get("requestId").is_some())
-        .collect();
-    let callers: std::collections::BTreeSet<&str> = audit.iter().filter_map(|line| line["caller"].as_str()).collect();
+/// The runtime writes them in batches (a line waits up to 20 ms), so the last calls' lines may
+/// land a moment after their responses.
+async fn check_audit(runtime: &Process, analyst_key: &str) {
+    let audit_lines = |log: &str| -> Vec<Value> {
+        log.lines()
+            .filter(|line| line.starts_with('{'))
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .filter(|line: &Value| line.get("requestId").is_some())
+            .collect()
+    };
+    let callers_of = |audit: &[Value]| -> std::collections::BTreeSet<String> {
+        audit
+            .iter()
+            .filter_map(|line| line["caller"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let expected = ["analyst/dashboard", "admin/ci"];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (log, audit) = loop {
+        let log = runtime.log();
+        let audit = audit_lines(&log);
+        let callers = callers_of(&audit);
+        if expected.iter().all(|caller| callers.contains(*caller)) || Instant::now() > deadline {
+            break (log, audit);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let callers = callers_of(&audit);
     say(
         5,
         format!(
@@ -1083,7 +1102,7 @@ async fn a_platform_engineer_installs_sluice_and_gets_a_governed_api() {
     // 5. The role views, over REST and MCP.
     let base = config.rest.base_path.trim_end_matches('/').to_owned();
     check_role_views(address, &base, &analyst_key).await;
-    check_audit(&runtime, &analyst_key);
+    check_audit(&runtime, &analyst_key).await;
     check_mcp(address, &config.mcp.path, &analyst_key).await;
 
     // 6. A role change, hot.

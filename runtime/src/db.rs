@@ -379,6 +379,28 @@ impl Database {
         parse_count(self.fetch_strings(statement).await?)
     }
 
+    /// Runs the write `statement` on a read-write connection outside any transaction of ours, so
+    /// the database commits it as it completes (autocommit), and returns its first column, as
+    /// text, for every row. For a write that is one statement with nothing to check after it: a
+    /// single statement is atomic on every engine, however many rows it writes.
+    pub async fn write_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
+        match &self.writer {
+            Pool::Postgres(pool) => fetch_strings_on!(pool, statement, bind_postgres),
+            Pool::Mysql(pool) => fetch_strings_on!(pool, statement, bind_mysql),
+            Pool::Sqlite(pool) => fetch_strings_on!(pool, statement, bind_sqlite),
+        }
+    }
+
+    /// Runs the write `statement` as [`Database::write_strings`] does and returns the number of
+    /// rows it changed.
+    pub async fn write_execute(&self, statement: &Statement) -> Result<u64, ApiError> {
+        match &self.writer {
+            Pool::Postgres(pool) => execute_on!(pool, statement, bind_postgres),
+            Pool::Mysql(pool) => execute_on!(pool, statement, bind_mysql),
+            Pool::Sqlite(pool) => execute_on!(pool, statement, bind_sqlite),
+        }
+    }
+
     /// Starts a read-write transaction.
     pub async fn begin(&self) -> Result<Tx, ApiError> {
         Ok(match &self.writer {

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sluice_crds::dataapi::{Engine, PoolSpec};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Executor, MySql, Postgres, Sqlite, Transaction};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
+use sqlx::pool::{PoolConnection, PoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use sqlx::{AssertSqlSafe, Connection, Executor, MySql, Postgres, Sqlite, Transaction};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::ApiError;
@@ -379,6 +379,28 @@ impl Database {
         parse_count(self.fetch_strings(statement).await?)
     }
 
+    /// Runs the write `statement` on a read-write connection outside any transaction of ours, so
+    /// the database commits it as it completes (autocommit), and returns its first column, as
+    /// text, for every row. For a write that is one statement with nothing to check after it: a
+    /// single statement is atomic on every engine, however many rows it writes.
+    pub async fn write_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
+        match &self.writer {
+            Pool::Postgres(pool) => fetch_strings_on!(pool, statement, bind_postgres),
+            Pool::Mysql(pool) => fetch_strings_on!(pool, statement, bind_mysql),
+            Pool::Sqlite(pool) => fetch_strings_on!(pool, statement, bind_sqlite),
+        }
+    }
+
+    /// Runs the write `statement` as [`Database::write_strings`] does and returns the number of
+    /// rows it changed.
+    pub async fn write_execute(&self, statement: &Statement) -> Result<u64, ApiError> {
+        match &self.writer {
+            Pool::Postgres(pool) => execute_on!(pool, statement, bind_postgres),
+            Pool::Mysql(pool) => execute_on!(pool, statement, bind_mysql),
+            Pool::Sqlite(pool) => execute_on!(pool, statement, bind_sqlite),
+        }
+    }
+
     /// Starts a read-write transaction.
     pub async fn begin(&self) -> Result<Tx, ApiError> {
         Ok(match &self.writer {
@@ -447,6 +469,42 @@ enum Access {
     ReadWrite,
 }
 
+/// How long a writer connection may have been idle in the pool and still be handed out unchecked.
+const WRITER_UNCHECKED_IDLE: Duration = Duration::from_secs(1);
+
+/// Pool sizes and timeouts, and for a writer pool when a connection is checked before a write.
+///
+/// sqlx pings every connection as it goes back to its pool, and by default again before handing
+/// it out. Under load a writer connection waits in the pool for microseconds between the two, so
+/// the second ping is a round trip on the next write's path that learns nothing new; a writer
+/// connection that sat idle longer may have been closed by the server meanwhile, and a failed write
+/// cannot simply be retried as a read is, so that one is still pinged first. Readers are left to
+/// [`Parking`].
+fn pool_options<DB: sqlx::Database>(
+    access: Access,
+    max_connections: u32,
+    min_connections: u32,
+    acquire_timeout: Duration,
+) -> PoolOptions<DB> {
+    let options = PoolOptions::<DB>::new()
+        .max_connections(max_connections)
+        .min_connections(min_connections)
+        .acquire_timeout(acquire_timeout);
+    if access == Access::ReadOnly {
+        return options;
+    }
+    options
+        .test_before_acquire(false)
+        .before_acquire(|connection, metadata| {
+            Box::pin(async move {
+                if metadata.idle_for >= WRITER_UNCHECKED_IDLE {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl Pool {
     fn connect(engine: Engine, url: &str, pool: &PoolSpec, access: Access) -> Result<Self, ConnectError> {
         let acquire = Duration::from_millis(u64::from(pool.acquire_timeout_ms));
@@ -480,11 +538,7 @@ impl Pool {
                     ),
                 ]);
                 Pool::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(max_connections)
-                        .min_connections(min_connections)
-                        .acquire_timeout(acquire)
-                        .connect_lazy_with(options),
+                    pool_options(access, max_connections, min_connections, acquire).connect_lazy_with(options),
                 )
             }
             Engine::Mysql => {
@@ -492,10 +546,7 @@ impl Pool {
                     .map_err(invalid)?
                     .timezone(Some("+00:00".to_owned()));
                 Pool::Mysql(
-                    MySqlPoolOptions::new()
-                        .max_connections(max_connections)
-                        .min_connections(min_connections)
-                        .acquire_timeout(acquire)
+                    pool_options::<MySql>(access, max_connections, min_connections, acquire)
                         .after_connect(move |connection, _| {
                             Box::pin(async move {
                                 // MariaDB names it max_statement_time (seconds); MySQL max_execution_time (ms).
@@ -525,13 +576,7 @@ impl Pool {
                     // PostgREST's `like` is case-sensitive; SQLite's is not unless told.
                     .pragma("case_sensitive_like", "ON")
                     .pragma("query_only", if read_only { "ON" } else { "OFF" });
-                Pool::Sqlite(
-                    SqlitePoolOptions::new()
-                        .max_connections(max_connections)
-                        .min_connections(min_connections)
-                        .acquire_timeout(acquire)
-                        .connect_lazy_with(options),
-                )
+                Pool::Sqlite(pool_options(access, max_connections, min_connections, acquire).connect_lazy_with(options))
             }
         })
     }
@@ -639,5 +684,35 @@ mod tests {
         );
         let again = database.fetch_strings(&backend).await.expect("the read is retried");
         assert_ne!(again, parked, "the retry ran on another connection");
+    }
+
+    /// Needs the test PostgreSQL (`source scripts/services.sh`); skipped without it.
+    #[tokio::test]
+    async fn a_writer_connection_idle_long_enough_is_checked_before_the_next_write() {
+        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+            return;
+        };
+        let spec = PoolSpec {
+            max_connections: 1,
+            ..PoolSpec::default()
+        };
+        let database = Database::connect(Engine::Postgres, &url, &spec).expect("valid URL");
+        let backend = read("SELECT pg_backend_pid()::text");
+        let writer = database.write_strings(&backend).await.expect("first write");
+        let terminated = read(&format!(
+            "SELECT pg_terminate_backend({})::text",
+            writer[0].as_deref().expect("a pid")
+        ));
+        assert_eq!(
+            database.fetch_strings(&terminated).await.expect("terminate"),
+            [Some("true".to_owned())]
+        );
+        tokio::time::sleep(WRITER_UNCHECKED_IDLE + Duration::from_millis(100)).await;
+        let again = database
+            .write_strings(&backend)
+            .await
+            .expect("the closed connection is found out before the write");
+        assert_ne!(again, writer, "the write ran on another connection");
     }
 }

@@ -1,5 +1,6 @@
-//! Runs a [`Plan`]: builds its SQL, executes it (writes in one transaction) and returns the
-//! rows as JSON texts rendered by the database.
+//! Runs a [`Plan`]: builds its SQL, executes it and returns the rows as JSON texts rendered by
+//! the database. A write that is one statement with nothing to check after it commits on its own;
+//! a write of several statements, or one checked against a row filter, runs in one transaction.
 
 use sluice_crds::dataapi::Engine;
 
@@ -41,8 +42,8 @@ impl Outcome {
 }
 
 /// Runs `plan` against `database`; `count` also counts every matching row of a read. Reads run
-/// on read-only connections; writes in one transaction, which `guard` (the role's row filter,
-/// when it has one) checks before it commits.
+/// on read-only connections. A write that `guard` (the role's row filter, when it has one)
+/// checks runs in one transaction, which commits only when every written row meets the filter.
 pub async fn execute(
     database: &Database,
     schema: &Schema,
@@ -67,22 +68,19 @@ pub async fn execute(
                 affected: 0,
             })
         }
-        Action::Insert(insert) => {
-            let mut tx = database.begin().await?;
-            let outcome = match guard {
-                Some(guard) => guarded_insert(&mut tx, engine, table, insert, returning, guard).await?,
-                None => {
-                    write(
-                        &mut tx,
-                        &sql::insert(engine, table, insert, returning),
-                        returning.is_some(),
-                    )
-                    .await?
-                }
-            };
-            tx.commit().await?;
-            Ok(outcome)
-        }
+        Action::Insert(insert) => match guard {
+            Some(guard) => guarded_insert(database, engine, table, insert, returning, guard).await,
+            // One statement writes every row of the body or none of them, and nothing is checked
+            // after it: it commits on its own, without BEGIN and COMMIT round trips.
+            None => {
+                autocommitted(
+                    database,
+                    &sql::insert(engine, table, insert, returning),
+                    returning.is_some(),
+                )
+                .await
+            }
+        },
         Action::Update(update) if guard.is_some() || (engine == Engine::Mysql && returning.is_some()) => {
             let mut tx = database.begin().await?;
             let outcome = update_by_keys(&mut tx, engine, table, update, returning, guard).await?;
@@ -111,6 +109,24 @@ pub async fn execute(
             tx.commit().await?;
             Ok(outcome)
         }
+    }
+}
+
+/// Runs a write that is one statement with nothing to check after it, committed as it completes.
+async fn autocommitted(database: &Database, statement: &sql::Statement, returning: bool) -> Result<Outcome, ApiError> {
+    if returning {
+        let rows: Vec<String> = database.write_strings(statement).await?.into_iter().flatten().collect();
+        Ok(Outcome {
+            affected: rows.len() as u64,
+            rows,
+            total: None,
+        })
+    } else {
+        Ok(Outcome {
+            affected: database.write_execute(statement).await?,
+            rows: Vec::new(),
+            total: None,
+        })
     }
 }
 
@@ -158,24 +174,24 @@ async fn check_inside(
     Ok(())
 }
 
-/// An insert under a row filter: an upsert may only meet existing rows inside the filter, and
-/// every inserted row must be inside it; the rows are found again by their primary keys.
+/// An insert under a row filter, in one transaction: an upsert may only meet existing rows inside
+/// the filter, and the insert itself says of each row it wrote whether it meets the filter, so a
+/// row outside it rolls the whole insert back. Three round trips (BEGIN, INSERT, COMMIT), four
+/// for an upsert.
 async fn guarded_insert(
-    tx: &mut Tx,
+    database: &Database,
     engine: Engine,
     table: &Table,
     insert: &InsertPlan,
     returning: Option<&[Field]>,
     guard: &WriteGuard,
 ) -> Result<Outcome, ApiError> {
-    if table.primary_key.is_empty() {
-        return Err(outside(guard, table, NO_KEY));
-    }
+    let mut tx = database.begin().await?;
     if let Some(upsert) = &insert.upsert
         && let Some(existing) = conflicting_rows(insert, &upsert.conflict_columns)
     {
         check_inside(
-            tx,
+            &mut tx,
             engine,
             table,
             &existing,
@@ -184,19 +200,23 @@ async fn guarded_insert(
         )
         .await?;
     }
-    let keys: Vec<String> = tx
-        .fetch_strings(&sql::insert(engine, table, insert, Some(&sql::key_fields(table))))
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-    let written = keys_filter(table, &keys, &[])?;
-    let check = Some((guard, "an inserted row would not meet the role's row filter"));
-    let rows = check_and_read_back(tx, engine, table, written, keys.len(), check, returning).await?;
+    let written = tx
+        .fetch_strings(&sql::insert_checked(engine, table, insert, returning, &guard.scope))
+        .await?;
+    let affected = written.len() as u64;
+    // `insert_checked` answers NULL for a row outside the filter; dropping `tx` rolls back.
+    let Some(rows) = written.into_iter().collect::<Option<Vec<String>>>() else {
+        return Err(outside(
+            guard,
+            table,
+            "an inserted row would not meet the role's row filter",
+        ));
+    };
+    tx.commit().await?;
     Ok(Outcome {
-        rows,
+        rows: if returning.is_some() { rows } else { Vec::new() },
         total: None,
-        affected: keys.len() as u64,
+        affected,
     })
 }
 

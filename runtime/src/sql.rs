@@ -515,6 +515,39 @@ pub fn count_outside(engine: Engine, table: &Table, within: &Filter, scope: &Fil
 /// An insert (or upsert), optionally returning the written rows.
 pub fn insert(engine: Engine, table: &Table, plan: &InsertPlan, returning: Option<&[Field]>) -> Statement {
     let mut builder = Builder::new(engine);
+    let mut text = insert_rows(&mut builder, table, plan);
+    text.push_str(&builder.returning(returning));
+    builder.finish(text)
+}
+
+/// An insert (or upsert) that checks every row it writes against `scope` in the same statement.
+/// It returns one text per written row: the row's JSON object of `returning` (`1` when the client
+/// asked for no rows back) when the row, as written, meets `scope`, and NULL when it does not. As
+/// in [`count_outside`], a row for which `scope` is NULL does not meet it.
+pub fn insert_checked(
+    engine: Engine,
+    table: &Table,
+    plan: &InsertPlan,
+    returning: Option<&[Field]>,
+    scope: &Filter,
+) -> Statement {
+    let mut builder = Builder::new(engine);
+    let mut text = insert_rows(&mut builder, table, plan);
+    let scope = builder.filter(scope, None);
+    let inside = match returning {
+        Some(fields) => {
+            let object = builder.object(fields, None);
+            builder.as_text(object)
+        }
+        None => builder.literal("1"),
+    };
+    text.push_str(&format!(" RETURNING CASE WHEN {scope} THEN {inside} END"));
+    builder.finish(text)
+}
+
+/// `INSERT INTO … VALUES …` and the upsert clause, without `RETURNING`.
+fn insert_rows(builder: &mut Builder, table: &Table, plan: &InsertPlan) -> String {
+    let engine = builder.engine;
     let columns: Vec<String> = plan.columns.iter().map(|c| builder.ident(&c.name)).collect();
     let mut rows = Vec::with_capacity(plan.rows.len());
     for row in &plan.rows {
@@ -573,8 +606,7 @@ pub fn insert(engine: Engine, table: &Table, plan: &InsertPlan, returning: Optio
             ),
         });
     }
-    text.push_str(&builder.returning(returning));
-    builder.finish(text)
+    text
 }
 
 /// An update of the rows matching the plan's filters. `returning` is ignored on MySQL, which
@@ -822,5 +854,44 @@ mod tests {
             "{}",
             ignore.text
         );
+    }
+
+    #[test]
+    fn a_checked_insert_answers_null_for_a_row_outside_the_scope() {
+        let schema = schema();
+        let table = &schema.tables["customers"];
+        let plan = InsertPlan {
+            columns: vec![table.columns[0].clone(), table.columns[2].clone()],
+            rows: vec![
+                vec![BindValue::Integer(1), BindValue::Boolean(false)],
+                vec![BindValue::Integer(2), BindValue::Boolean(true)],
+            ],
+            upsert: None,
+        };
+        let scope = Filter::Compare {
+            column: table.columns[2].clone(),
+            negated: false,
+            operator: Comparison::Eq,
+            values: vec![BindValue::Boolean(false)],
+        };
+        let returning = [Field::Column {
+            key: "id".into(),
+            column: table.columns[0].clone(),
+        }];
+        let pg = insert_checked(Engine::Postgres, table, &plan, Some(&returning), &scope);
+        assert_eq!(
+            pg.text,
+            "INSERT INTO \"public\".\"customers\" (\"id\", \"vip\") VALUES (CAST($1 AS int4), CAST($2 AS bool)), \
+             (CAST($3 AS int4), CAST($4 AS bool)) RETURNING CASE WHEN \"vip\" = CAST($5 AS bool) \
+             THEN json_build_object('id', \"id\")::text END"
+        );
+        assert_eq!(pg.binds.last(), Some(&BindValue::Boolean(false)));
+        let mysql = insert_checked(Engine::Mysql, table, &plan, None, &scope);
+        assert!(
+            mysql.text.ends_with(" RETURNING CASE WHEN `vip` = ? THEN '1' END"),
+            "{}",
+            mysql.text
+        );
+        assert_eq!(mysql.binds.len(), 5, "the scope's value is bound after the rows'");
     }
 }

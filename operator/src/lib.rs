@@ -178,9 +178,7 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
     let deployment_changes = deployments.subscribe();
     let deployment_cache = deployments.store.clone();
     let deployment_watch = deployments.reflect(
-        watcher(scoped::<Deployment>(&client, namespace), children.clone()).modify(|deployment| {
-            deployment.managed_fields_mut().clear();
-        }),
+        watcher(scoped::<Deployment>(&client, namespace), children.clone()).modify(keep_rollout_state),
     );
     let services = Shared::<PartialObjectMeta<Service>>::new();
     let service_changes = services.subscribe();
@@ -304,6 +302,16 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
     // The shared watches run until the controllers stop (on a shutdown signal).
     future::select(std::pin::pin!(controllers), std::pin::pin!(watches)).await;
     info!("controllers stopped");
+}
+
+/// Keeps what a reconcile reads of a Deployment: its identity, replicas, the pod template's
+/// annotations (the restart hash) and its status. The pod spec, most of a Deployment's size, is
+/// dropped: a thousand of them are held at once.
+fn keep_rollout_state(deployment: &mut Deployment) {
+    deployment.managed_fields_mut().clear();
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template.spec = None;
+    }
 }
 
 /// Keeps the identity, labels and owners of a child, the fields a reconcile reads.

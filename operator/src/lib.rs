@@ -177,9 +177,8 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
     let deployments = Shared::<Deployment>::new();
     let deployment_changes = deployments.subscribe();
     let deployment_cache = deployments.store.clone();
-    let deployment_watch = deployments.reflect(
-        watcher(scoped::<Deployment>(&client, namespace), children.clone()).modify(keep_rollout_state),
-    );
+    let deployment_watch = deployments
+        .reflect(watcher(scoped::<Deployment>(&client, namespace), children.clone()).modify(keep_rollout_state));
     let services = Shared::<PartialObjectMeta<Service>>::new();
     let service_changes = services.subscribe();
     let service_cache = services.store.clone();

@@ -169,10 +169,7 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
     let (secrets_for_data_apis, secrets_for_roles) = (secrets.subscribe(), secrets.subscribe());
     let secret_metadata = secrets.store.clone();
     let secret_watch = secrets.reflect(
-        watcher(scoped::<PartialObjectMeta<Secret>>(&client, namespace), config.clone()).modify(|secret| {
-            secret.managed_fields_mut().clear();
-            secret.annotations_mut().clear();
-        }),
+        watcher(scoped::<PartialObjectMeta<Secret>>(&client, namespace), config.clone()).modify(strip_metadata),
     );
     let deployments = Shared::<Deployment>::new();
     let deployment_changes = deployments.subscribe();
@@ -313,7 +310,7 @@ fn keep_rollout_state(deployment: &mut Deployment) {
     }
 }
 
-/// Keeps the identity, labels and owners of a child, the fields a reconcile reads.
+/// Keeps the identity, labels and owners of a Secret or child, the fields a reconcile reads.
 fn strip_metadata<K: Resource>(object: &mut K) {
     object.managed_fields_mut().clear();
     object.annotations_mut().clear();

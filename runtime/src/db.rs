@@ -654,6 +654,23 @@ mod tests {
         );
     }
 
+    /// A PostgreSQL database of one connection, so the next statement meets the closed one.
+    fn one_connection(url: &str) -> Database {
+        let spec = PoolSpec {
+            max_connections: 1,
+            ..PoolSpec::default()
+        };
+        Database::connect(Engine::Postgres, url, &spec).expect("valid URL")
+    }
+
+    /// Closes, from the server's side, the connection whose backend pid `pid` holds.
+    fn terminate(pid: &[Option<String>]) -> Statement {
+        read(&format!(
+            "SELECT pg_terminate_backend({})::text",
+            pid[0].as_deref().expect("a pid")
+        ))
+    }
+
     /// Needs the test PostgreSQL (`source scripts/services.sh`); skipped without it.
     #[tokio::test]
     async fn a_read_on_a_parked_connection_the_server_closed_is_retried_on_a_fresh_one() {
@@ -661,17 +678,10 @@ mod tests {
             eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
             return;
         };
-        let spec = PoolSpec {
-            max_connections: 1,
-            ..PoolSpec::default()
-        };
-        let database = Database::connect(Engine::Postgres, &url, &spec).expect("valid URL");
+        let database = one_connection(&url);
         let backend = read("SELECT pg_backend_pid()::text");
         let parked = database.fetch_strings(&backend).await.expect("first read");
-        let terminated = read(&format!(
-            "SELECT pg_terminate_backend({})::text",
-            parked[0].as_deref().expect("a pid")
-        ));
+        let terminated = terminate(&parked);
         assert_eq!(
             database
                 .begin()
@@ -693,17 +703,10 @@ mod tests {
             eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
             return;
         };
-        let spec = PoolSpec {
-            max_connections: 1,
-            ..PoolSpec::default()
-        };
-        let database = Database::connect(Engine::Postgres, &url, &spec).expect("valid URL");
+        let database = one_connection(&url);
         let backend = read("SELECT pg_backend_pid()::text");
         let writer = database.write_strings(&backend).await.expect("first write");
-        let terminated = read(&format!(
-            "SELECT pg_terminate_backend({})::text",
-            writer[0].as_deref().expect("a pid")
-        ));
+        let terminated = terminate(&writer);
         assert_eq!(
             database.fetch_strings(&terminated).await.expect("terminate"),
             [Some("true".to_owned())]

@@ -26,6 +26,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A write that returned `rows`, one per row written.
+    fn written(rows: Vec<String>) -> Self {
+        Self {
+            affected: rows.len() as u64,
+            rows,
+            total: None,
+        }
+    }
+
+    /// A write of `affected` rows that returned none.
+    fn affected(affected: u64) -> Self {
+        Self {
+            rows: Vec::new(),
+            total: None,
+            affected,
+        }
+    }
+
     /// The rows as one JSON array.
     pub fn json_array(&self) -> String {
         let mut body = String::with_capacity(self.rows.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
@@ -114,37 +132,19 @@ pub async fn execute(
 
 /// Runs a write that is one statement with nothing to check after it, committed as it completes.
 async fn autocommitted(database: &Database, statement: &sql::Statement, returning: bool) -> Result<Outcome, ApiError> {
-    if returning {
-        let rows: Vec<String> = database.write_strings(statement).await?.into_iter().flatten().collect();
-        Ok(Outcome {
-            affected: rows.len() as u64,
-            rows,
-            total: None,
-        })
+    Ok(if returning {
+        Outcome::written(database.write_strings(statement).await?.into_iter().flatten().collect())
     } else {
-        Ok(Outcome {
-            affected: database.write_execute(statement).await?,
-            rows: Vec::new(),
-            total: None,
-        })
-    }
+        Outcome::affected(database.write_execute(statement).await?)
+    })
 }
 
 async fn write(tx: &mut Tx, statement: &sql::Statement, returning: bool) -> Result<Outcome, ApiError> {
-    if returning {
-        let rows: Vec<String> = tx.fetch_strings(statement).await?.into_iter().flatten().collect();
-        Ok(Outcome {
-            affected: rows.len() as u64,
-            rows,
-            total: None,
-        })
+    Ok(if returning {
+        Outcome::written(tx.fetch_strings(statement).await?.into_iter().flatten().collect())
     } else {
-        Ok(Outcome {
-            affected: tx.execute(statement).await?,
-            rows: Vec::new(),
-            total: None,
-        })
-    }
+        Outcome::affected(tx.execute(statement).await?)
+    })
 }
 
 fn outside(guard: &WriteGuard, table: &Table, reason: &'static str) -> ApiError {

@@ -304,7 +304,7 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
 /// annotations (the restart hash) and its status. The pod spec, most of a Deployment's size, is
 /// dropped: a thousand of them are held at once.
 fn keep_rollout_state(deployment: &mut Deployment) {
-    deployment.managed_fields_mut().clear();
+    strip_metadata(deployment);
     if let Some(spec) = deployment.spec.as_mut() {
         spec.template.spec = None;
     }

@@ -39,7 +39,7 @@ impl ValueDigests {
         let text = String::from_utf8_lossy(value);
         Self {
             exact: sha256_hex(text.as_bytes()),
-            trimmed: sha256_hex(text.trim().as_bytes()),
+            trimmed: sluice_crds::hash_api_key(text.trim()),
         }
     }
 }

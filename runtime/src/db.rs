@@ -18,12 +18,13 @@ use futures_util::TryStreamExt;
 use sluice_crds::dataapi::{Engine, PoolSpec};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 use sqlx::pool::{PoolConnection, PoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use sqlx::{AssertSqlSafe, Connection, Executor, MySql, Postgres, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Connection, Executor, MySql, Postgres, Row, Sqlite, Transaction, ValueRef};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::ApiError;
+use crate::render;
 use crate::sql::{BindValue, Statement};
 
 /// Why the database could not be opened.
@@ -256,13 +257,42 @@ fn bind_sqlite<'q>(
     }
 }
 
+/// Each row's JSON text: the runtime renders it from the row's columns when the statement lists
+/// its members, else the statement's first column holds it.
+fn postgres_row_text(row: &PgRow, statement: &Statement) -> Result<Option<String>, sqlx::Error> {
+    let Some(members) = &statement.members else {
+        return row.try_get(0);
+    };
+    let mut values = Vec::with_capacity(members.len());
+    for index in 0..members.len() {
+        let value = row.try_get_raw(index)?;
+        values.push(if value.is_null() {
+            None
+        } else {
+            Some(value.as_bytes().map_err(sqlx::Error::Decode)?)
+        });
+    }
+    render::row(members, values)
+        .map(Some)
+        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+}
+
+/// The row's first column, which holds its JSON text on engines that render rows themselves.
+fn first_text<R: Row>(row: &R, _: &Statement) -> Result<Option<String>, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    row.try_get(0)
+}
+
 macro_rules! fetch_strings_on {
-    ($executor:expr, $statement:expr, $bind:ident) => {{
+    ($executor:expr, $statement:expr, $bind:ident, $row_text:expr) => {{
         let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
         let mut rows = query.fetch($executor);
         let mut values = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(ApiError::from_database)? {
-            values.push(sqlx::Row::try_get::<Option<String>, _>(&row, 0).map_err(ApiError::from_database)?);
+            values.push($row_text(&row, $statement).map_err(ApiError::from_database)?);
         }
         Ok(values)
     }};
@@ -271,7 +301,7 @@ macro_rules! fetch_strings_on {
 /// Runs a read on a parked connection, or on a fresh one from the pool once when the parked one
 /// turns out to be closed.
 macro_rules! fetch_strings_parked {
-    ($parking:expr, $statement:expr, $bind:ident) => {{
+    ($parking:expr, $statement:expr, $bind:ident, $row_text:expr) => {{
         let mut fresh = false;
         loop {
             let mut lease = $parking.lease(fresh).await?;
@@ -280,7 +310,7 @@ macro_rules! fetch_strings_parked {
                 let mut rows = query.fetch(&mut *lease.connection);
                 let mut values = Vec::new();
                 while let Some(row) = rows.try_next().await? {
-                    values.push(sqlx::Row::try_get::<Option<String>, _>(&row, 0)?);
+                    values.push($row_text(&row, $statement)?);
                 }
                 Ok(values)
             }
@@ -368,9 +398,9 @@ impl Database {
     /// text, for every row.
     pub async fn fetch_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
         match &*self.reads {
-            Reads::Postgres(parking) => fetch_strings_parked!(parking, statement, bind_postgres),
-            Reads::Mysql(parking) => fetch_strings_parked!(parking, statement, bind_mysql),
-            Reads::Sqlite(parking) => fetch_strings_parked!(parking, statement, bind_sqlite),
+            Reads::Postgres(parking) => fetch_strings_parked!(parking, statement, bind_postgres, postgres_row_text),
+            Reads::Mysql(parking) => fetch_strings_parked!(parking, statement, bind_mysql, first_text),
+            Reads::Sqlite(parking) => fetch_strings_parked!(parking, statement, bind_sqlite, first_text),
         }
     }
 
@@ -385,9 +415,9 @@ impl Database {
     /// single statement is atomic on every engine, however many rows it writes.
     pub async fn write_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
         match &self.writer {
-            Pool::Postgres(pool) => fetch_strings_on!(pool, statement, bind_postgres),
-            Pool::Mysql(pool) => fetch_strings_on!(pool, statement, bind_mysql),
-            Pool::Sqlite(pool) => fetch_strings_on!(pool, statement, bind_sqlite),
+            Pool::Postgres(pool) => fetch_strings_on!(pool, statement, bind_postgres, postgres_row_text),
+            Pool::Mysql(pool) => fetch_strings_on!(pool, statement, bind_mysql, first_text),
+            Pool::Sqlite(pool) => fetch_strings_on!(pool, statement, bind_sqlite, first_text),
         }
     }
 
@@ -586,9 +616,9 @@ impl Tx {
     /// Runs `statement` and returns its first column, as text, for every row.
     pub async fn fetch_strings(&mut self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
         match self {
-            Tx::Postgres(tx) => fetch_strings_on!(&mut **tx, statement, bind_postgres),
-            Tx::Mysql(tx) => fetch_strings_on!(&mut **tx, statement, bind_mysql),
-            Tx::Sqlite(tx) => fetch_strings_on!(&mut **tx, statement, bind_sqlite),
+            Tx::Postgres(tx) => fetch_strings_on!(&mut **tx, statement, bind_postgres, postgres_row_text),
+            Tx::Mysql(tx) => fetch_strings_on!(&mut **tx, statement, bind_mysql, first_text),
+            Tx::Sqlite(tx) => fetch_strings_on!(&mut **tx, statement, bind_sqlite, first_text),
         }
     }
 
@@ -625,6 +655,7 @@ mod tests {
         Statement {
             text: text.to_owned(),
             binds: Vec::new(),
+            members: None,
         }
     }
 
@@ -694,6 +725,137 @@ mod tests {
         );
         let again = database.fetch_strings(&backend).await.expect("the read is retried");
         assert_ne!(again, parked, "the retry ran on another connection");
+    }
+
+    /// Needs the test PostgreSQL (`source scripts/services.sh`); skipped without it.
+    #[tokio::test]
+    async fn values_the_runtime_renders_match_what_to_json_writes() {
+        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+            return;
+        };
+        let database = one_connection(&url);
+        let cases: &[(&str, render::Encoding, &[&str])] = &[
+            ("int2", render::Encoding::Integer, &["-32768", "0", "32767"]),
+            ("int4", render::Encoding::Integer, &["-2147483648", "42"]),
+            (
+                "int8",
+                render::Encoding::Integer,
+                &["-9223372036854775808", "9223372036854775807"],
+            ),
+            ("bool", render::Encoding::Boolean, &["true", "false"]),
+            (
+                "numeric",
+                render::Encoding::Decimal,
+                &[
+                    "0",
+                    "-0.00",
+                    "123.4500",
+                    "-12.5",
+                    "1e-20",
+                    "100000000000000000000.5",
+                    "9999.9999",
+                    "10000",
+                    "0.0001",
+                    "-0.1",
+                    "12345678.9",
+                    "NaN",
+                    "Infinity",
+                    "-Infinity",
+                ],
+            ),
+            (
+                "numeric(12,2)",
+                render::Encoding::Decimal,
+                &["0", "1.5", "-1234567890.99"],
+            ),
+            (
+                "text",
+                render::Encoding::Text,
+                &[
+                    "",
+                    "plain",
+                    r#"a"b\\c/d"#,
+                    r"tab\tnew\nline\rret\bback\fform",
+                    r"\u0001\u001f\u007f é 日本 😀",
+                ],
+            ),
+            ("varchar(10)", render::Encoding::Text, &["short"]),
+            ("char(5)", render::Encoding::Text, &["ab"]),
+            ("name", render::Encoding::Text, &["pg_class"]),
+            (
+                "timestamptz",
+                render::Encoding::TimestampTz,
+                &[
+                    "2024-01-02 03:04:05.12+00",
+                    "2024-02-29 23:59:59.999999+00",
+                    "2000-01-01 00:00:00+00",
+                    "1999-12-31 23:59:59.5+00",
+                    "1900-03-01 12:00:00+00",
+                    "0044-03-15 12:00:01.5+00 BC",
+                    "0001-01-01 00:00:00+00 BC",
+                    "12345-06-07 08:09:10+00",
+                    "infinity",
+                    "-infinity",
+                ],
+            ),
+            (
+                "timestamp",
+                render::Encoding::Timestamp,
+                &[
+                    "2024-01-02 03:04:05.000001",
+                    "1970-01-01 00:00:00",
+                    "0100-02-28 01:02:03 BC",
+                    "infinity",
+                ],
+            ),
+            (
+                "date",
+                render::Encoding::Date,
+                &[
+                    "2024-02-29",
+                    "2000-03-01",
+                    "1600-02-29",
+                    "0001-01-01",
+                    "0001-12-31 BC",
+                    "4713-01-01 BC",
+                    "5874897-12-31",
+                    "-infinity",
+                ],
+            ),
+            (
+                "uuid",
+                render::Encoding::Uuid,
+                &[
+                    "00000000-0000-0000-0000-000000000000",
+                    "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                ],
+            ),
+        ];
+        for (sql_type, encoding, literals) in cases {
+            for literal in *literals {
+                let value = format!("(SELECT CAST(E'{literal}' AS {sql_type}) AS v) AS t");
+                let expected = database
+                    .fetch_strings(&read(&format!("SELECT to_json(v)::text FROM {value}")))
+                    .await
+                    .expect("to_json");
+                let rendered = Statement {
+                    members: Some(vec![render::Member::new("v", *encoding)]),
+                    ..read(&format!("SELECT v FROM {value}"))
+                };
+                let rendered = database.fetch_strings(&rendered).await.expect("rendered here");
+                let expected = format!("{{\"v\":{}}}", expected[0].as_deref().expect("not null"));
+                assert_eq!(rendered, [Some(expected)], "{sql_type} {literal}");
+            }
+        }
+        let null = Statement {
+            members: Some(vec![render::Member::new("v", render::Encoding::Decimal)]),
+            ..read("SELECT NULL::numeric")
+        };
+        assert_eq!(
+            database.fetch_strings(&null).await.expect("null"),
+            [Some("{\"v\":null}".to_owned())]
+        );
     }
 
     /// Needs the test PostgreSQL (`source scripts/services.sh`); skipped without it.

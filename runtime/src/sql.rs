@@ -1,12 +1,14 @@
 //! Plans become parameterised SQL per dialect. Identifiers come only from the introspected
-//! schema and are always quoted; values are always bound. The database renders each row as
-//! one JSON text (json_build_object / JSON_OBJECT / json_object), so rows reach the client
-//! without per-field decoding in the runtime and numbers keep the digits the database holds.
+//! schema and are always quoted; values are always bound. MySQL and SQLite render each row as
+//! one JSON text (JSON_OBJECT / json_object), and so does PostgreSQL for written rows
+//! (json_build_object); a PostgreSQL read selects one column per field, which the runtime renders
+//! ([`crate::render`]). Either way numbers keep the digits the database holds.
 
 use sluice_crds::dataapi::Engine;
 
 use crate::plan::{Comparison, Field, Filter, InsertPlan, Order, ReadPlan, UpdatePlan};
 use crate::query::IsValue;
+use crate::render::{Encoding, Member};
 use crate::schema::{Column, Relationship, Table, ValueKind};
 use crate::value;
 
@@ -48,10 +50,21 @@ pub struct Statement {
     pub text: String,
     /// Parameter values.
     pub binds: Vec<BindValue>,
+    /// The members of each row's JSON object, one per output column, when the runtime renders
+    /// the rows (PostgreSQL reads); `None` when the first column already holds each row's JSON text.
+    pub members: Option<Vec<Member>>,
 }
 
 /// Most key/value pairs rendered by one JSON-object call (PostgreSQL allows 100 arguments).
 const PAIRS_PER_CALL: usize = 50;
+
+/// PostgreSQL types whose binary form is their text, which the runtime escapes itself.
+const POSTGRES_TEXT_TYPES: [&str; 4] = [
+    "\"pg_catalog\".\"text\"",
+    "\"pg_catalog\".\"varchar\"",
+    "\"pg_catalog\".\"bpchar\"",
+    "\"pg_catalog\".\"name\"",
+];
 
 struct Builder {
     engine: Engine,
@@ -72,6 +85,7 @@ impl Builder {
         Statement {
             text,
             binds: self.binds,
+            members: None,
         }
     }
 
@@ -453,6 +467,46 @@ impl Builder {
         format!(" ORDER BY {}", terms.join(", "))
     }
 
+    /// PostgreSQL: the output column that carries `field` and how the runtime renders it. Values
+    /// whose binary form the runtime reads travel as they are; the others, and embedded rows, as
+    /// the JSON text the database renders for them.
+    fn member(&mut self, field: &Field, qualifier: Option<&str>) -> (String, Member) {
+        let (key, expression, encoding) = match field {
+            Field::Column { key, column } => {
+                let expression = self.rendered(column, qualifier);
+                let native = match column.kind {
+                    ValueKind::Integer => Some(Encoding::Integer),
+                    ValueKind::Boolean => Some(Encoding::Boolean),
+                    ValueKind::Decimal => Some(Encoding::Decimal),
+                    ValueKind::Timestamp => Some(Encoding::Timestamp),
+                    ValueKind::TimestampTz => Some(Encoding::TimestampTz),
+                    ValueKind::Date => Some(Encoding::Date),
+                    ValueKind::Uuid => Some(Encoding::Uuid),
+                    // Rendered as base64 text by the statement.
+                    ValueKind::Binary => Some(Encoding::Text),
+                    ValueKind::Text if POSTGRES_TEXT_TYPES.contains(&column.cast_type.as_str()) => Some(Encoding::Text),
+                    ValueKind::Json => return (format!("{expression}::text"), Member::new(key, Encoding::Json)),
+                    ValueKind::Text | ValueKind::Float | ValueKind::Time | ValueKind::Array => None,
+                };
+                match native {
+                    Some(encoding) => (key, expression, encoding),
+                    None => (key, format!("to_json({expression})::text"), Encoding::Json),
+                }
+            }
+            Field::Embed {
+                key,
+                table,
+                relationship,
+                fields,
+                filters,
+            } => {
+                let embedded = self.embedded(table, relationship, fields, filters, qualifier);
+                (key, format!("{embedded}::text"), Encoding::Json)
+            }
+        };
+        (expression, Member::new(key, encoding))
+    }
+
     fn as_text(&self, expression: String) -> String {
         match self.engine {
             Engine::Postgres => format!("{expression}::text"),
@@ -472,12 +526,26 @@ impl Builder {
     }
 }
 
-/// Rows of a read, one JSON object text each.
+/// Rows of a read, one JSON object text each: on PostgreSQL, one output column per field, which
+/// the runtime renders (see [`crate::render`]); elsewhere one JSON text built by the database.
 pub fn select(engine: Engine, table: &Table, plan: &ReadPlan) -> Statement {
     let mut builder = Builder::new(engine);
     let alias = builder.next_alias();
-    let object = builder.object(&plan.fields, Some(&alias));
-    let object = builder.as_text(object);
+    let mut members = None;
+    let object = if engine == Engine::Postgres {
+        let mut columns = Vec::with_capacity(plan.fields.len());
+        let mut rendered = Vec::with_capacity(plan.fields.len());
+        for field in &plan.fields {
+            let (expression, member) = builder.member(field, Some(&alias));
+            columns.push(expression);
+            rendered.push(member);
+        }
+        members = Some(rendered);
+        columns.join(", ")
+    } else {
+        let object = builder.object(&plan.fields, Some(&alias));
+        builder.as_text(object)
+    };
     let from = format!("{} AS {}", builder.table_ref(table), builder.ident(&alias));
     let filters = builder.where_clause(&plan.filters, Some(&alias));
     let order = builder.order_clause(&plan.order, Some(&alias));
@@ -485,7 +553,10 @@ pub fn select(engine: Engine, table: &Table, plan: &ReadPlan) -> Statement {
         "SELECT {object} FROM {from}{filters}{order} LIMIT {} OFFSET {}",
         plan.limit, plan.offset
     );
-    builder.finish(text)
+    Statement {
+        members,
+        ..builder.finish(text)
+    }
 }
 
 /// The number of rows matching `filters`, as text.
@@ -697,9 +768,10 @@ mod tests {
             kind: RelationKind::Table,
             updatable: true,
             columns: vec![
-                column("id", ValueKind::Integer, "int4"),
-                column("name", ValueKind::Text, "text"),
-                column("vip", ValueKind::Boolean, "bool"),
+                column("id", ValueKind::Integer, "\"pg_catalog\".\"int4\""),
+                column("name", ValueKind::Text, "\"pg_catalog\".\"text\""),
+                column("vip", ValueKind::Boolean, "\"pg_catalog\".\"bool\""),
+                column("mood", ValueKind::Text, "\"public\".\"mood\""),
             ],
             primary_key: vec!["id".into()],
             foreign_keys: vec![],
@@ -710,9 +782,9 @@ mod tests {
             kind: RelationKind::Table,
             updatable: true,
             columns: vec![
-                column("id", ValueKind::Integer, "int4"),
-                column("customer_id", ValueKind::Integer, "int4"),
-                column("total", ValueKind::Decimal, "numeric"),
+                column("id", ValueKind::Integer, "\"pg_catalog\".\"int4\""),
+                column("customer_id", ValueKind::Integer, "\"pg_catalog\".\"int4\""),
+                column("total", ValueKind::Decimal, "\"pg_catalog\".\"numeric\""),
             ],
             primary_key: vec!["id".into()],
             foreign_keys: vec![ForeignKey {
@@ -751,13 +823,26 @@ mod tests {
         let statement = read(
             Engine::Postgres,
             "customers",
-            &[("select", "id,label:name"), ("id", "in.(1,2)"), ("name", "ilike.*a*")],
+            &[
+                ("select", "id,label:name,mood"),
+                ("id", "in.(1,2)"),
+                ("name", "ilike.*a*"),
+            ],
         );
         assert_eq!(
             statement.text,
-            "SELECT json_build_object('id', \"t0\".\"id\", 'label', \"t0\".\"name\")::text FROM \"public\".\"customers\" AS \"t0\" \
-             WHERE \"t0\".\"id\" IN (CAST($1 AS int4), CAST($2 AS int4)) AND CAST(\"t0\".\"name\" AS text) ILIKE $3 \
-             ORDER BY \"t0\".\"id\" ASC NULLS LAST LIMIT 10 OFFSET 0"
+            "SELECT \"t0\".\"id\", \"t0\".\"name\", to_json(\"t0\".\"mood\")::text FROM \"public\".\"customers\" AS \"t0\" \
+             WHERE \"t0\".\"id\" IN (CAST($1 AS \"pg_catalog\".\"int4\"), CAST($2 AS \"pg_catalog\".\"int4\")) \
+             AND CAST(\"t0\".\"name\" AS text) ILIKE $3 ORDER BY \"t0\".\"id\" ASC NULLS LAST LIMIT 10 OFFSET 0"
+        );
+        assert_eq!(
+            statement.members.expect("rendered by the runtime"),
+            [
+                Member::new("id", Encoding::Integer),
+                Member::new("label", Encoding::Text),
+                Member::new("mood", Encoding::Json),
+            ],
+            "the runtime renders integers and text; an enum comes as the database's JSON"
         );
         assert_eq!(
             statement.binds,
@@ -802,7 +887,11 @@ mod tests {
             many.text
         );
         let one = read(Engine::Postgres, "orders", &[("select", "id,buyer:customers(name)")]);
-        assert!(one.text.contains("'buyer', (SELECT json_build_object('name', \"t1\".\"name\") FROM \"public\".\"customers\" AS \"t1\" WHERE \"t1\".\"id\" = \"t0\".\"customer_id\" LIMIT 1)"), "{}", one.text);
+        assert!(one.text.contains(", (SELECT json_build_object('name', \"t1\".\"name\") FROM \"public\".\"customers\" AS \"t1\" WHERE \"t1\".\"id\" = \"t0\".\"customer_id\" LIMIT 1)::text FROM"), "{}", one.text);
+        assert_eq!(
+            one.members.expect("rendered by the runtime")[1],
+            Member::new("buyer", Encoding::Json)
+        );
     }
 
     #[test]
@@ -881,8 +970,10 @@ mod tests {
         let pg = insert_checked(Engine::Postgres, table, &plan, Some(&returning), &scope);
         assert_eq!(
             pg.text,
-            "INSERT INTO \"public\".\"customers\" (\"id\", \"vip\") VALUES (CAST($1 AS int4), CAST($2 AS bool)), \
-             (CAST($3 AS int4), CAST($4 AS bool)) RETURNING CASE WHEN \"vip\" = CAST($5 AS bool) \
+            "INSERT INTO \"public\".\"customers\" (\"id\", \"vip\") \
+             VALUES (CAST($1 AS \"pg_catalog\".\"int4\"), CAST($2 AS \"pg_catalog\".\"bool\")), \
+             (CAST($3 AS \"pg_catalog\".\"int4\"), CAST($4 AS \"pg_catalog\".\"bool\")) \
+             RETURNING CASE WHEN \"vip\" = CAST($5 AS \"pg_catalog\".\"bool\") \
              THEN json_build_object('id', \"id\")::text END"
         );
         assert_eq!(pg.binds.last(), Some(&BindValue::Boolean(false)));

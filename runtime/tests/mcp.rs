@@ -307,6 +307,7 @@ impl Api {
         let statement = sluice_runtime::sql::Statement {
             text: text.into(),
             binds: Vec::new(),
+            members: None,
         };
         self.database
             .fetch_strings(&statement)

@@ -1,5 +1,5 @@
-//! Runs a [`Plan`]: builds its SQL, executes it and returns the rows as JSON texts rendered by
-//! the database. A write that is one statement with nothing to check after it commits on its own;
+//! Runs a [`Plan`]: builds its SQL, executes it and returns the rows as JSON texts (rendered by
+//! the database, or by [`crate::render`] for PostgreSQL reads). A write that is one statement with nothing to check after it commits on its own;
 //! a write of several statements, or one checked against a row filter, runs in one transaction.
 
 use sluice_crds::dataapi::Engine;
@@ -105,27 +105,22 @@ pub async fn execute(
             tx.commit().await?;
             Ok(outcome)
         }
+        // One statement, nothing checked after it: atomic on its own, like an unguarded insert.
         Action::Update(update) => {
-            let mut tx = database.begin().await?;
-            let outcome = write(
-                &mut tx,
+            autocommitted(
+                database,
                 &sql::update(engine, table, update, returning),
                 returning.is_some(),
             )
-            .await?;
-            tx.commit().await?;
-            Ok(outcome)
+            .await
         }
         Action::Delete(filters) => {
-            let mut tx = database.begin().await?;
-            let outcome = write(
-                &mut tx,
+            autocommitted(
+                database,
                 &sql::delete(engine, table, filters, returning),
                 returning.is_some(),
             )
-            .await?;
-            tx.commit().await?;
-            Ok(outcome)
+            .await
         }
     }
 }
@@ -136,14 +131,6 @@ async fn autocommitted(database: &Database, statement: &sql::Statement, returnin
         Outcome::written(database.write_strings(statement).await?.into_iter().flatten().collect())
     } else {
         Outcome::affected(database.write_execute(statement).await?)
-    })
-}
-
-async fn write(tx: &mut Tx, statement: &sql::Statement, returning: bool) -> Result<Outcome, ApiError> {
-    Ok(if returning {
-        Outcome::written(tx.fetch_strings(statement).await?.into_iter().flatten().collect())
-    } else {
-        Outcome::affected(tx.execute(statement).await?)
     })
 }
 

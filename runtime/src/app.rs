@@ -285,12 +285,14 @@ pub struct RequestId(pub String);
 
 /// Gives every request an id (response header and log span) and logs its outcome.
 async fn request_context(request: Request, next: Next) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut id_buffer = uuid::Uuid::encode_buffer();
+    let request_id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id_buffer);
+    let header = HeaderValue::from_str(request_id);
     let span =
         tracing::info_span!("request", id = %request_id, method = %request.method(), path = %request.uri().path());
     let started = Instant::now();
     let mut request = request;
-    request.extensions_mut().insert(RequestId(request_id.clone()));
+    request.extensions_mut().insert(RequestId(request_id.to_owned()));
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| {
         tracing::info!(
@@ -299,7 +301,7 @@ async fn request_context(request: Request, next: Next) -> Response {
             "served"
         );
     });
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = header {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response

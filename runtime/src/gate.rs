@@ -47,8 +47,9 @@ impl Call {
 impl FromRequestParts<Arc<AppState>> for Call {
     type Rejection = ApiError;
 
+    /// Takes the call the gate left for this request's handler, the only one that extracts it.
     async fn from_request_parts(parts: &mut Parts, _state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Call>().cloned().ok_or_else(|| {
+        parts.extensions.remove::<Call>().ok_or_else(|| {
             tracing::error!("a governed handler ran without passing the gate");
             ApiError::Internal
         })
@@ -69,7 +70,7 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next
             .map(|id| id.0.clone())
             .unwrap_or_default(),
         transport,
-        request.method().to_string(),
+        request.method().as_str().to_owned(),
     );
     record.path = Some(request.uri().path().to_owned());
     let caller = match authenticate(

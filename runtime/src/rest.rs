@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
@@ -52,14 +52,11 @@ impl Preferences {
     }
 }
 
-/// Decoded query-string pairs.
+/// Decoded query-string pairs. Decoding cannot fail: invalid UTF-8 after percent-decoding
+/// becomes U+FFFD, as it did through axum's `Query`, which decodes with the same crate.
 fn query_pairs(uri: &Uri) -> Result<ReadQuery, ApiError> {
-    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri).map_err(|_| {
-        ApiError::bad_query(
-            "the query string is not valid URL encoding",
-            "percent-encode special characters",
-        )
-    })?;
+    let query = uri.query().unwrap_or_default();
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     parse_query(&pairs)
 }
 
@@ -540,4 +537,30 @@ pub async fn delete_row(
     };
     let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
     row_response(outcome, returned, table, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_crds::apirole::FilterOperator;
+
+    use super::*;
+    use crate::query::{Condition, Operand};
+
+    #[test]
+    fn query_pairs_are_percent_and_plus_decoded() {
+        let uri: Uri = "/api/v1/customers?name=eq.J%C3%B6rg+M&limit=5".parse().expect("a URI");
+
+        let query = query_pairs(&uri).expect("a valid query");
+
+        assert_eq!(
+            query.filters,
+            [Condition::Predicate {
+                column: "name".into(),
+                negated: false,
+                operator: FilterOperator::Eq,
+                operand: Operand::Scalar("Jörg M".into()),
+            }]
+        );
+        assert_eq!(query.limit, Some(5));
+    }
 }

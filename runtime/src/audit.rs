@@ -946,27 +946,10 @@ mod tests {
         };
         let mut embed = read(vec![], &["id"], 20, 0);
         if let Action::Read(read) = &mut embed.action {
-            read.fields.push(Field::Embed {
-                key: "orders".into(),
-                table: Box::new(Table {
-                    name: "orders".into(),
-                    db_schema: "public".into(),
-                    kind: crate::schema::RelationKind::Table,
-                    updatable: true,
-                    columns: vec![column("id")],
-                    primary_key: vec!["id".into()],
-                    foreign_keys: vec![],
-                }),
-                relationship: Relationship::ToOne {
-                    outer: vec!["customer_id".into()],
-                    inner: vec!["id".into()],
-                },
-                fields: vec![Field::Column {
-                    key: "id".into(),
-                    column: column("id"),
-                }],
-                filters: vec![],
-            });
+            read.fields.push(orders_embed(Relationship::ToOne {
+                outer: vec!["customer_id".into()],
+                inner: vec!["id".into()],
+            }));
         }
         let printed: Vec<String> = [
             read(vec![eq("id")], &["id"], 1, 0),
@@ -992,6 +975,28 @@ mod tests {
         );
     }
 
+    /// `orders(id)` embedded through `relationship`.
+    fn orders_embed(relationship: Relationship) -> Field {
+        Field::Embed {
+            key: "orders".into(),
+            table: Box::new(Table {
+                name: "orders".into(),
+                db_schema: "public".into(),
+                kind: crate::schema::RelationKind::Table,
+                updatable: true,
+                columns: vec![column("id")],
+                primary_key: vec!["id".into()],
+                foreign_keys: vec![],
+            }),
+            relationship,
+            fields: vec![Field::Column {
+                key: "id".into(),
+                column: column("id"),
+            }],
+            filters: vec![],
+        }
+    }
+
     #[test]
     fn fingerprints_see_embeds() {
         let mut plain = read(vec![], &["id"], 20, 0);
@@ -1000,27 +1005,10 @@ mod tests {
                 unreachable!("read() builds a read")
             };
             let mut embedded = read.clone();
-            embedded.fields.push(Field::Embed {
-                key: "orders".into(),
-                table: Box::new(Table {
-                    name: "orders".into(),
-                    db_schema: "public".into(),
-                    kind: crate::schema::RelationKind::Table,
-                    updatable: true,
-                    columns: vec![column("id")],
-                    primary_key: vec!["id".into()],
-                    foreign_keys: vec![],
-                }),
-                relationship: Relationship::ToMany {
-                    outer: vec!["id".into()],
-                    inner: vec!["customer_id".into()],
-                },
-                fields: vec![Field::Column {
-                    key: "id".into(),
-                    column: column("id"),
-                }],
-                filters: vec![],
-            });
+            embedded.fields.push(orders_embed(Relationship::ToMany {
+                outer: vec!["id".into()],
+                inner: vec!["customer_id".into()],
+            }));
             Plan {
                 table: "customers".into(),
                 action: Action::Read(embedded),

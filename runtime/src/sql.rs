@@ -139,31 +139,46 @@ impl Builder {
 
     fn column_ref(&self, qualifier: Option<&str>, name: &str) -> String {
         let mut reference = String::with_capacity(name.len() + qualifier.map_or(0, str::len) + 5);
-        if let Some(alias) = qualifier {
-            self.push_ident(&mut reference, alias);
-            reference.push('.');
-        }
-        self.push_ident(&mut reference, name);
+        self.push_column_ref(&mut reference, qualifier, name);
         reference
+    }
+
+    fn push_column_ref(&self, out: &mut String, qualifier: Option<&str>, name: &str) {
+        if let Some(alias) = qualifier {
+            self.push_ident(out, alias);
+            out.push('.');
+        }
+        self.push_ident(out, name);
     }
 
     /// A parameter for `value`, cast to the column's type on PostgreSQL.
     fn bind(&mut self, value: BindValue, column: Option<&Column>) -> String {
+        let mut placeholder = String::new();
+        self.push_bind(&mut placeholder, value, column);
+        placeholder
+    }
+
+    fn push_bind(&mut self, out: &mut String, value: BindValue, column: Option<&Column>) {
         let value = match (self.engine, column) {
             (Engine::Mysql | Engine::Sqlite, Some(column)) => value::normalise_timestamp(column, value),
             _ => value,
         };
-        let is_bytes = matches!(value, BindValue::Bytes(_));
+        let cast = column.filter(|_| !matches!(value, BindValue::Bytes(_)));
         self.binds.push(value);
         match self.engine {
             Engine::Postgres => {
-                let placeholder = format!("${}", self.binds.len());
-                match column {
-                    Some(column) if !is_bytes => format!("CAST({placeholder} AS {})", column.cast_type),
-                    _ => placeholder,
+                if cast.is_some() {
+                    out.push_str("CAST(");
+                }
+                out.push('$');
+                out.push_str(&self.binds.len().to_string());
+                if let Some(column) = cast {
+                    out.push_str(" AS ");
+                    out.push_str(&column.cast_type);
+                    out.push(')');
                 }
             }
-            _ => "?".to_owned(),
+            _ => out.push('?'),
         }
     }
 
@@ -302,10 +317,11 @@ impl Builder {
     ) -> String {
         let alias = self.next_alias();
         let object = self.object(fields, Some(&alias));
-        let also: String = filters
-            .iter()
-            .map(|filter| format!(" AND {}", self.filter(filter, Some(&alias))))
-            .collect();
+        let mut also = String::new();
+        for filter in filters {
+            also.push_str(" AND ");
+            self.push_filter(&mut also, filter, Some(&alias));
+        }
         let from = format!("{} AS {}", self.table_ref(inner), self.ident(&alias));
         match relationship {
             Relationship::ToOne {
@@ -352,29 +368,36 @@ impl Builder {
     }
 
     fn filter(&mut self, filter: &Filter, qualifier: Option<&str>) -> String {
+        let mut text = String::with_capacity(64);
+        self.push_filter(&mut text, filter, qualifier);
+        text
+    }
+
+    /// Appends `filter`. The statement text is built per request, so every part of a filter goes
+    /// straight into one buffer rather than through a string per part.
+    fn push_filter(&mut self, out: &mut String, filter: &Filter, qualifier: Option<&str>) {
         match filter {
             Filter::Is { column, negated, value } => {
-                let reference = self.column_ref(qualifier, &column.name);
-                let not = if *negated { "NOT " } else { "" };
-                let value = match value {
+                self.push_column_ref(out, qualifier, &column.name);
+                out.push_str(if *negated { " IS NOT " } else { " IS " });
+                out.push_str(match value {
                     IsValue::Null => "NULL",
                     IsValue::True => "TRUE",
                     IsValue::False => "FALSE",
-                };
-                format!("{reference} IS {not}{value}")
+                });
             }
             Filter::Group { any, negated, members } => {
-                let joined = if members.is_empty() {
-                    if *any { "1 = 0".to_owned() } else { "1 = 1".to_owned() }
-                } else {
-                    let parts: Vec<String> = members.iter().map(|member| self.filter(member, qualifier)).collect();
-                    parts.join(if *any { " OR " } else { " AND " })
-                };
-                if *negated {
-                    format!("NOT ({joined})")
-                } else {
-                    format!("({joined})")
+                out.push_str(if *negated { "NOT (" } else { "(" });
+                if members.is_empty() {
+                    out.push_str(if *any { "1 = 0" } else { "1 = 1" });
                 }
+                for (index, member) in members.iter().enumerate() {
+                    if index > 0 {
+                        out.push_str(if *any { " OR " } else { " AND " });
+                    }
+                    self.push_filter(out, member, qualifier);
+                }
+                out.push(')');
             }
             Filter::Compare {
                 column,
@@ -382,64 +405,75 @@ impl Builder {
                 operator,
                 values,
             } => {
-                let expression = self.comparison(column, *operator, values, qualifier);
                 if *negated {
-                    format!("NOT ({expression})")
-                } else {
-                    expression
+                    out.push_str("NOT (");
+                }
+                self.push_comparison(out, column, *operator, values, qualifier);
+                if *negated {
+                    out.push(')');
                 }
             }
         }
     }
 
-    fn comparison(
+    fn push_comparison(
         &mut self,
+        out: &mut String,
         column: &Column,
         operator: Comparison,
         values: &[BindValue],
         qualifier: Option<&str>,
-    ) -> String {
-        let reference = self.column_ref(qualifier, &column.name);
+    ) {
         let first = values.first().cloned().unwrap_or(BindValue::Null);
         let symbol = match operator {
-            Comparison::Eq => "=",
-            Comparison::Neq => "<>",
-            Comparison::Gt => ">",
-            Comparison::Gte => ">=",
-            Comparison::Lt => "<",
-            Comparison::Lte => "<=",
+            Comparison::Eq => " = ",
+            Comparison::Neq => " <> ",
+            Comparison::Gt => " > ",
+            Comparison::Gte => " >= ",
+            Comparison::Lt => " < ",
+            Comparison::Lte => " <= ",
             Comparison::Like | Comparison::Ilike => {
+                let reference = self.column_ref(qualifier, &column.name);
                 let pattern = self.bind(first, None);
                 let insensitive = operator == Comparison::Ilike;
-                return match (self.engine, insensitive) {
+                out.push_str(&match (self.engine, insensitive) {
                     (Engine::Postgres, false) => format!("CAST({reference} AS text) LIKE {pattern}"),
                     (Engine::Postgres, true) => format!("CAST({reference} AS text) ILIKE {pattern}"),
                     (Engine::Mysql, false) => format!("CAST({reference} AS BINARY) LIKE CAST({pattern} AS BINARY)"),
                     (_, true) => format!("LOWER({reference}) LIKE LOWER({pattern})"),
                     (Engine::Sqlite, false) => format!("{reference} LIKE {pattern}"),
-                };
+                });
+                return;
             }
             Comparison::In => {
                 if values.is_empty() {
-                    return "1 = 0".to_owned();
+                    out.push_str("1 = 0");
+                    return;
                 }
-                let placeholders: Vec<String> = values
-                    .iter()
-                    .map(|value| self.bind(value.clone(), Some(column)))
-                    .collect();
-                return format!("{reference} IN ({})", placeholders.join(", "));
+                self.push_column_ref(out, qualifier, &column.name);
+                out.push_str(" IN (");
+                for (index, value) in values.iter().enumerate() {
+                    if index > 0 {
+                        out.push_str(", ");
+                    }
+                    self.push_bind(out, value.clone(), Some(column));
+                }
+                out.push(')');
+                return;
             }
         };
-        let placeholder = self.bind(first, Some(column));
-        format!("{reference} {symbol} {placeholder}")
+        self.push_column_ref(out, qualifier, &column.name);
+        out.push_str(symbol);
+        self.push_bind(out, first, Some(column));
     }
 
     fn where_clause(&mut self, filters: &[Filter], qualifier: Option<&str>) -> String {
-        if filters.is_empty() {
-            return String::new();
+        let mut clause = String::with_capacity(64 * filters.len());
+        for (index, filter) in filters.iter().enumerate() {
+            clause.push_str(if index == 0 { " WHERE " } else { " AND " });
+            self.push_filter(&mut clause, filter, qualifier);
         }
-        let parts: Vec<String> = filters.iter().map(|filter| self.filter(filter, qualifier)).collect();
-        format!(" WHERE {}", parts.join(" AND "))
+        clause
     }
 
     fn order_clause(&self, order: &[Order], qualifier: Option<&str>) -> String {

@@ -214,23 +214,26 @@ impl Builder {
         }
     }
 
+    /// The SQL expression of `field`'s value: its column as rendered, or its embedded rows.
+    fn field_value(&mut self, field: &Field, qualifier: Option<&str>) -> String {
+        match field {
+            Field::Column { column, .. } => self.rendered(column, qualifier),
+            Field::Embed {
+                table,
+                relationship,
+                fields,
+                filters,
+                ..
+            } => self.embedded(table, relationship, fields, filters, qualifier),
+        }
+    }
+
     /// One JSON object per row of `qualifier`.
     fn object(&mut self, fields: &[Field], qualifier: Option<&str>) -> String {
         let mut pairs = Vec::with_capacity(fields.len());
         for field in fields {
-            match field {
-                Field::Column { key, column } => pairs.push((key.clone(), self.rendered(column, qualifier))),
-                Field::Embed {
-                    key,
-                    table,
-                    relationship,
-                    fields,
-                    filters,
-                } => pairs.push((
-                    key.clone(),
-                    self.embedded(table, relationship, fields, filters, qualifier),
-                )),
-            }
+            let (Field::Column { key, .. } | Field::Embed { key, .. }) = field;
+            pairs.push((key.clone(), self.field_value(field, qualifier)));
         }
         self.object_of(pairs)
     }
@@ -505,38 +508,17 @@ impl Builder {
     /// whose binary form the runtime reads travel as they are; the others, and embedded rows, as
     /// the JSON text the database renders for them.
     fn member(&mut self, field: &Field, qualifier: Option<&str>) -> (String, Member) {
-        let (key, expression, encoding) = match field {
-            Field::Column { key, column } => {
-                let expression = self.rendered(column, qualifier);
-                let native = match column.kind {
-                    ValueKind::Integer => Some(Encoding::Integer),
-                    ValueKind::Boolean => Some(Encoding::Boolean),
-                    ValueKind::Decimal => Some(Encoding::Decimal),
-                    ValueKind::Timestamp => Some(Encoding::Timestamp),
-                    ValueKind::TimestampTz => Some(Encoding::TimestampTz),
-                    ValueKind::Date => Some(Encoding::Date),
-                    ValueKind::Uuid => Some(Encoding::Uuid),
-                    // Rendered as base64 text by the statement.
-                    ValueKind::Binary => Some(Encoding::Text),
-                    ValueKind::Text if POSTGRES_TEXT_TYPES.contains(&column.cast_type.as_str()) => Some(Encoding::Text),
-                    ValueKind::Json => return (format!("{expression}::text"), Member::new(key, Encoding::Json)),
-                    ValueKind::Text | ValueKind::Float | ValueKind::Time | ValueKind::Array => None,
-                };
-                match native {
-                    Some(encoding) => (key, expression, encoding),
-                    None => (key, format!("to_json({expression})::text"), Encoding::Json),
-                }
+        let (Field::Column { key, .. } | Field::Embed { key, .. }) = field;
+        let value = self.field_value(field, qualifier);
+        let (expression, encoding) = match field {
+            Field::Column { column, .. } if column.kind == ValueKind::Json => {
+                (format!("{value}::text"), Encoding::Json)
             }
-            Field::Embed {
-                key,
-                table,
-                relationship,
-                fields,
-                filters,
-            } => {
-                let embedded = self.embedded(table, relationship, fields, filters, qualifier);
-                (key, format!("{embedded}::text"), Encoding::Json)
-            }
+            Field::Column { column, .. } => match postgres_binary_encoding(column) {
+                Some(encoding) => (value, encoding),
+                None => (format!("to_json({value})::text"), Encoding::Json),
+            },
+            Field::Embed { .. } => (format!("{value}::text"), Encoding::Json),
         };
         (expression, Member::new(key, encoding))
     }
@@ -557,6 +539,24 @@ impl Builder {
             }
             None => String::new(),
         }
+    }
+}
+
+/// How the runtime renders a PostgreSQL column's values from their binary form; `None` when it
+/// leaves them to the database's `to_json`.
+fn postgres_binary_encoding(column: &Column) -> Option<Encoding> {
+    match column.kind {
+        ValueKind::Integer => Some(Encoding::Integer),
+        ValueKind::Boolean => Some(Encoding::Boolean),
+        ValueKind::Decimal => Some(Encoding::Decimal),
+        ValueKind::Timestamp => Some(Encoding::Timestamp),
+        ValueKind::TimestampTz => Some(Encoding::TimestampTz),
+        ValueKind::Date => Some(Encoding::Date),
+        ValueKind::Uuid => Some(Encoding::Uuid),
+        // Rendered as base64 text by the statement.
+        ValueKind::Binary => Some(Encoding::Text),
+        ValueKind::Text if POSTGRES_TEXT_TYPES.contains(&column.cast_type.as_str()) => Some(Encoding::Text),
+        ValueKind::Text | ValueKind::Float | ValueKind::Time | ValueKind::Array | ValueKind::Json => None,
     }
 }
 

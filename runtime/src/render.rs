@@ -135,15 +135,10 @@ fn value_into(out: &mut Vec<u8>, encoding: Encoding, bytes: &[u8]) -> Option<()>
             out.push(b'"');
         }
         Encoding::Uuid => {
-            let bytes: &[u8; 16] = bytes.try_into().ok()?;
+            let mut text = uuid::Uuid::encode_buffer();
+            let text = uuid::Uuid::from_slice(bytes).ok()?.hyphenated().encode_lower(&mut text);
             out.push(b'"');
-            for (index, byte) in bytes.iter().enumerate() {
-                if matches!(index, 4 | 6 | 8 | 10) {
-                    out.push(b'-');
-                }
-                out.push(HEX[usize::from(byte >> 4)]);
-                out.push(HEX[usize::from(byte & 0xf)]);
-            }
+            out.extend_from_slice(text.as_bytes());
             out.push(b'"');
         }
     }

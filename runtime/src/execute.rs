@@ -1,6 +1,7 @@
 //! Runs a [`Plan`]: builds its SQL, executes it and returns the rows as JSON texts (rendered by
-//! the database, or by [`crate::render`] for PostgreSQL reads). A write that is one statement with nothing to check after it commits on its own;
-//! a write of several statements, or one checked against a row filter, runs in one transaction.
+//! the database, or by [`crate::render`] for PostgreSQL reads). A write that is one statement
+//! with nothing to check after it commits on its own; a write of several statements, or one
+//! checked against a row filter, runs in one transaction.
 
 use sluice_crds::dataapi::Engine;
 

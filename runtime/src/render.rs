@@ -70,7 +70,7 @@ pub enum RenderError {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Microseconds and days between 1970-01-01 and PostgreSQL's epoch, 2000-01-01.
+/// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01, from which its dates and timestamps count.
 const POSTGRES_EPOCH_DAYS: i64 = 10_957;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 

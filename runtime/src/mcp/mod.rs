@@ -309,7 +309,15 @@ impl ServerHandler for DataApiServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let call = CallContext::of(&context)?;
-        let result = call::call(&self.state, &call, &request.name, request.arguments.unwrap_or_default()).await?;
+        // Boxed: rmcp moves the handler's future through several tasks and wrappers per request,
+        // and a tool call's state (plan, pipeline, statement) is kilobytes.
+        let result = Box::pin(call::call(
+            &self.state,
+            &call,
+            &request.name,
+            request.arguments.unwrap_or_default(),
+        ))
+        .await?;
         Ok(result.into())
     }
 

@@ -335,8 +335,7 @@ pub async fn run(
     let rows = match database.reader() {
         Pool::Postgres(pool) => {
             let wrapped = format!("SELECT row_to_json(q)::text FROM ({sql}) AS q LIMIT {fetch}");
-            let mut tx = pool
-                .begin_with("BEGIN READ ONLY")
+            let mut tx = Box::pin(pool.begin_with("BEGIN READ ONLY"))
                 .await
                 .map_err(ApiError::from_database)?;
             let query = bind_params!(sqlx::query(AssertSqlSafe(wrapped)), &binds, text_only: true);
@@ -347,8 +346,7 @@ pub async fn run(
         }
         Pool::Mysql(pool) => {
             let wrapped = format!("SELECT * FROM ({sql}) AS q LIMIT {fetch}");
-            let mut tx = pool
-                .begin_with("START TRANSACTION READ ONLY")
+            let mut tx = Box::pin(pool.begin_with("START TRANSACTION READ ONLY"))
                 .await
                 .map_err(ApiError::from_database)?;
             let query = bind_params!(sqlx::query(AssertSqlSafe(wrapped)), &binds, text_only: false);
@@ -382,7 +380,7 @@ pub enum NamedOutcome {
 /// Runs one bound statement on `pool` in its own transaction and returns the rows it changed.
 macro_rules! write_on {
     ($pool:expr, $statement:expr, $binds:expr, text_only: $text_only:expr) => {{
-        let mut tx = $pool.begin().await.map_err(ApiError::from_database)?;
+        let mut tx = Box::pin($pool.begin()).await.map_err(ApiError::from_database)?;
         let done = bind_params!(sqlx::query($statement), $binds, text_only: $text_only)
             .execute(&mut *tx)
             .await

@@ -220,7 +220,7 @@ macro_rules! bind_all {
 
 fn bind_postgres<'q>(
     query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    value: &BindValue,
+    value: &'q BindValue,
 ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     // Everything but bytes travels as text and is cast by the SQL to the column's own type, so
     // PostgreSQL parses it exactly (numerics keep every digit) and any column type works.
@@ -265,15 +265,20 @@ fn postgres_row_text(row: &PgRow, statement: &Statement) -> Result<Option<String
     let Some(members) = &statement.members else {
         return row.try_get(0);
     };
-    let mut values = Vec::with_capacity(members.len());
-    for index in 0..members.len() {
-        let value = row.try_get_raw(index)?;
-        values.push(if value.is_null() {
-            None
-        } else {
-            Some(value.as_bytes().map_err(sqlx::Error::Decode)?)
+    if row.len() < members.len() {
+        return Err(sqlx::Error::ColumnIndexOutOfBounds {
+            index: members.len() - 1,
+            len: row.len(),
         });
     }
+    // Every index is in bounds (checked above), and only NULL has no bytes: the values go to
+    // the renderer as they are read, without a list per row.
+    let values = (0..members.len()).map(|index| {
+        row.try_get_raw(index)
+            .ok()
+            .filter(|value| !value.is_null())
+            .and_then(|value| value.as_bytes().ok())
+    });
     render::row(members, values)
         .map(Some)
         .map_err(|error| sqlx::Error::Decode(Box::new(error)))

@@ -4,6 +4,8 @@
 //! (json_build_object); a PostgreSQL read selects one column per field, which the runtime renders
 //! ([`crate::render`]). Either way numbers keep the digits the database holds.
 
+use std::borrow::Cow;
+
 use sluice_crds::dataapi::Engine;
 
 use crate::plan::{Comparison, Field, Filter, InsertPlan, Order, ReadPlan, UpdatePlan};
@@ -31,14 +33,14 @@ pub enum BindValue {
 
 impl BindValue {
     /// The value as PostgreSQL input text; `None` for NULL.
-    pub fn as_text(&self) -> Option<String> {
+    pub fn as_text(&self) -> Option<Cow<'_, str>> {
         match self {
             BindValue::Null => None,
-            BindValue::Integer(number) => Some(number.to_string()),
-            BindValue::Float(number) => Some(number.to_string()),
-            BindValue::Boolean(flag) => Some(flag.to_string()),
-            BindValue::Text(text) => Some(text.clone()),
-            BindValue::Bytes(bytes) => Some(format!("\\x{}", hex::encode(bytes))),
+            BindValue::Integer(number) => Some(Cow::Owned(number.to_string())),
+            BindValue::Float(number) => Some(Cow::Owned(number.to_string())),
+            BindValue::Boolean(flag) => Some(Cow::Borrowed(if *flag { "true" } else { "false" })),
+            BindValue::Text(text) => Some(Cow::Borrowed(text)),
+            BindValue::Bytes(bytes) => Some(Cow::Owned(format!("\\x{}", hex::encode(bytes)))),
         }
     }
 }

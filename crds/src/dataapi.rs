@@ -135,7 +135,8 @@ pub struct DatabaseSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.minConnections) || !has(self.maxConnections) || self.minConnections <= self.maxConnections").message("spec.database.pool.minConnections must not exceed maxConnections").reason(Reason::FieldValueInvalid))]
 pub struct PoolSpec {
-    /// Most connections one pod opens.
+    /// Most connections one pod opens for reads (one more serves health checks), and again for
+    /// writes; SQLite writes through one connection, since it lets one writer in at a time.
     #[serde(default = "default_max_connections")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_connections: u32,

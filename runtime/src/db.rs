@@ -444,7 +444,15 @@ impl Database {
             // Boxed for the reason `Parking::lease` boxes its acquire.
             Pool::Postgres(pool) => Tx::Postgres(Box::pin(pool.begin()).await.map_err(ApiError::from_database)?),
             Pool::Mysql(pool) => Tx::Mysql(Box::pin(pool.begin()).await.map_err(ApiError::from_database)?),
-            Pool::Sqlite(pool) => Tx::Sqlite(Box::pin(pool.begin()).await.map_err(ApiError::from_database)?),
+            // IMMEDIATE takes the write lock at BEGIN, waiting (up to the busy timeout) for another
+            // writer to finish. A deferred transaction takes it at its first write, after its
+            // reads: SQLite refuses that upgrade at once, without waiting, while another
+            // connection (a second process on the file, or a rollback still in flight) holds it.
+            Pool::Sqlite(pool) => Tx::Sqlite(
+                Box::pin(pool.begin_with("BEGIN IMMEDIATE"))
+                    .await
+                    .map_err(ApiError::from_database)?,
+            ),
         })
     }
 
@@ -551,11 +559,13 @@ impl Pool {
         // The writer opens connections only when a write needs one.
         let min_connections = if read_only { pool.min_connections } else { 0 };
         // Reads hold at most `max_connections` (see `Parking`); the reader's extra one is for
-        // health checks and schema loads.
-        let max_connections = if read_only {
-            pool.max_connections.saturating_add(1)
-        } else {
-            pool.max_connections
+        // health checks and schema loads. SQLite lets one connection write at a time: a second
+        // writer connection only waits inside the database for the first one's lock, sleeping in
+        // SQLite's busy handler, where one connection queues writes in the pool instead.
+        let max_connections = match access {
+            Access::ReadOnly => pool.max_connections.saturating_add(1),
+            Access::ReadWrite if engine == Engine::Sqlite => 1,
+            Access::ReadWrite => pool.max_connections,
         };
         let invalid = |source| ConnectError::InvalidUrl {
             engine: engine.as_str(),
@@ -717,6 +727,91 @@ mod tests {
             1,
             "the second read reused the parked connection"
         );
+    }
+
+    /// A SQLite database file of its own, with one table `t (id, n)` holding row 1.
+    async fn sqlite_file(name: &str, spec: &PoolSpec) -> (Database, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("sluice-{name}-{}.db", std::process::id()));
+        for leftover in ["", "-journal", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{leftover}", path.display()));
+        }
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let database = Database::connect(Engine::Sqlite, &url, spec).expect("sqlite opens");
+        database
+            .run_script("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); INSERT INTO t VALUES (1, 0);")
+            .await
+            .expect("schema");
+        (database, path)
+    }
+
+    /// What a guarded update does: read the keys, then write, in one transaction.
+    async fn read_then_write(database: &Database) -> Result<(), ApiError> {
+        let mut tx = database.begin().await?;
+        tx.fetch_strings(&read("SELECT CAST(id AS TEXT) FROM t WHERE id = 1"))
+            .await?;
+        tx.execute(&read("UPDATE t SET n = n + 1 WHERE id = 1")).await?;
+        tx.commit().await
+    }
+
+    /// A transaction that read before writing used to fail at its write, without waiting, while
+    /// another connection to the file held the write lock: SQLite refuses that upgrade at once.
+    #[tokio::test]
+    async fn a_sqlite_transaction_waits_for_another_writer_on_the_file() {
+        let (database, path) = sqlite_file("other-writer", &PoolSpec::default()).await;
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("a second connection");
+        other.execute("BEGIN IMMEDIATE").await.expect("the other writer's lock");
+        other
+            .execute("UPDATE t SET n = 100 WHERE id = 1")
+            .await
+            .expect("the other writer's update");
+        let waiting = tokio::spawn(async move {
+            let outcome = read_then_write(&database).await;
+            (outcome, database)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "the transaction waits for the lock");
+        other.execute("COMMIT").await.expect("the other writer commits");
+        let (outcome, database) = waiting.await.expect("no panic");
+        outcome.expect("the transaction ran once the lock was free");
+        let n = database
+            .fetch_strings(&read("SELECT CAST(n AS TEXT) FROM t WHERE id = 1"))
+            .await
+            .expect("read");
+        assert_eq!(n, [Some("101".to_owned())], "both writes applied, in turn");
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Concurrent transactions of one runtime queue for the one writer connection; each sees the
+    /// previous one's write.
+    #[tokio::test]
+    async fn concurrent_sqlite_transactions_take_turns_on_one_writer_connection() {
+        let spec = PoolSpec {
+            max_connections: 8,
+            ..PoolSpec::default()
+        };
+        let (database, path) = sqlite_file("turns", &spec).await;
+        let database = Arc::new(database);
+        let writers: Vec<_> = (0..16)
+            .map(|_| {
+                let database = Arc::clone(&database);
+                tokio::spawn(async move { read_then_write(&database).await })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("no panic").expect("every transaction commits");
+        }
+        let n = database
+            .fetch_strings(&read("SELECT CAST(n AS TEXT) FROM t WHERE id = 1"))
+            .await
+            .expect("read");
+        assert_eq!(n, [Some("16".to_owned())]);
+        let Pool::Sqlite(writer) = database.writer() else {
+            unreachable!("a SQLite database")
+        };
+        assert_eq!(writer.size(), 1, "one writer connection");
+        let _ = std::fs::remove_file(path);
     }
 
     /// A PostgreSQL database of one connection, so the next statement meets the closed one.

@@ -158,6 +158,10 @@ pub enum ApiError {
     /// The statement ran longer than `database.pool.statementTimeoutMs`.
     #[error("the query took longer than the statement timeout")]
     StatementTimeout,
+    /// Another transaction held a lock this statement needed past the wait the database allows,
+    /// or the two deadlocked; nothing was written and the request may simply be sent again.
+    #[error("the database is busy: another transaction held a lock this request needs")]
+    Busy,
     /// The database cannot be reached, or the schema is not loaded yet.
     #[error("the database is unavailable")]
     Unavailable,
@@ -233,7 +237,7 @@ impl ApiError {
             Self::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::StatementTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable | Self::IdentityProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy | Self::Unavailable | Self::IdentityProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -261,6 +265,7 @@ impl ApiError {
             Self::Conflict { .. } => "conflict",
             Self::InvalidValue(_) => "invalid_value",
             Self::StatementTimeout => "statement_timeout",
+            Self::Busy => "database_busy",
             Self::Unavailable => "unavailable",
             Self::IdentityProviderUnavailable => "identity_provider_unavailable",
             Self::Internal => "internal",
@@ -305,7 +310,7 @@ impl ApiError {
                 Some("the referenced row must exist, and rows still referenced cannot be deleted".into())
             }
             Self::StatementTimeout => Some("narrow the filter or lower the limit".into()),
-            Self::Unavailable | Self::IdentityProviderUnavailable => {
+            Self::Busy | Self::Unavailable | Self::IdentityProviderUnavailable => {
                 Some(format!("retry after {RETRY_AFTER_SECONDS} seconds"))
             }
             Self::Internal => Some("report the request id to the operator of this API".into()),
@@ -333,6 +338,17 @@ fn classify_sqlstate(code: &str, message: &str) -> ApiError {
     // PostgreSQL and MySQL share SQLSTATE class 22 for data exceptions (bad value, out of range).
     if code.starts_with("22") || message.contains("datatype mismatch") {
         return ApiError::InvalidValue("a value does not fit its column");
+    }
+    // Lock waits that ran out and deadlocks: 40001 (serialization failure; MySQL's deadlock),
+    // 40P01 (PostgreSQL deadlock), 55P03 (PostgreSQL lock_not_available), MySQL's 1205 (HY000, so
+    // known by its message), and SQLite's extended result codes for SQLITE_BUSY (5, 261, 517,
+    // 773) and SQLITE_LOCKED (6, 262), which no SQLSTATE can be.
+    if matches!(
+        code,
+        "40001" | "40P01" | "55P03" | "5" | "261" | "517" | "773" | "6" | "262"
+    ) || message.contains("Lock wait timeout exceeded")
+    {
+        return ApiError::Busy;
     }
     // 57014: PostgreSQL query_canceled; 1969/70100: MariaDB max_statement_time; 3024: MySQL max_execution_time.
     if code == "57014"
@@ -394,6 +410,13 @@ mod tests {
             assert!(matches!(classify_sqlstate(code, ""), ApiError::Unavailable), "{code}");
         }
         assert!(matches!(classify_sqlstate("57014", ""), ApiError::StatementTimeout));
+        for code in ["40001", "40P01", "55P03", "5", "517"] {
+            assert!(matches!(classify_sqlstate(code, ""), ApiError::Busy), "{code}");
+        }
+        assert!(matches!(
+            classify_sqlstate("HY000", "Lock wait timeout exceeded; try restarting transaction"),
+            ApiError::Busy
+        ));
         assert!(matches!(classify_sqlstate("22P02", ""), ApiError::InvalidValue(_)));
         assert!(matches!(classify_sqlstate("42P01", ""), ApiError::Internal));
     }

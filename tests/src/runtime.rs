@@ -283,6 +283,18 @@ fn with_database(url: &str, database: &str) -> String {
     format!("{server}/{database}")
 }
 
+/// Sends the runtime's log to the test's captured output, which a failing test prints: a 500
+/// shows the database error behind it. `RUST_LOG` overrides the default of warnings, plus the
+/// database refusals the runtime logs at info.
+fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sluice_runtime::error=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Creates a fixture on `engine` (on the shared test server) and serves it. Panics (failing
 /// the test) when the database is unreachable: the suite never skips.
 pub async fn start(engine: Engine) -> TestApi {
@@ -297,6 +309,7 @@ pub async fn start(engine: Engine) -> TestApi {
 /// Like [`start`], on the PostgreSQL or MariaDB server at `server_url` (e.g. a
 /// [`crate::private_db::PrivateDb`] that the test stops and starts); ignored for SQLite.
 pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
+    log_to_test_output();
     let name = unique_name();
     let fixture = fixture_sql(engine);
     let ((config, keys), url, cleanup) = match engine {

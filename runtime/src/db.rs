@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::ApiError;
 use crate::render;
+use crate::rows::{Rows, RowsBuilder};
 use crate::sql::{BindValue, Statement};
 
 /// Why the database could not be opened.
@@ -284,6 +285,43 @@ fn postgres_row_text(row: &PgRow, statement: &Statement) -> Result<Option<String
         .map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
 
+/// Appends the row's JSON text to `rows`, as [`postgres_row_text`] makes it, without a string of
+/// its own.
+fn postgres_row_into(rows: &mut RowsBuilder, row: &PgRow, statement: &Statement) -> Result<(), sqlx::Error> {
+    let Some(members) = &statement.members else {
+        if let Some(text) = row.try_get::<Option<&str>, _>(0)? {
+            rows.push(text);
+        }
+        return Ok(());
+    };
+    if row.len() < members.len() {
+        return Err(sqlx::Error::ColumnIndexOutOfBounds {
+            index: members.len() - 1,
+            len: row.len(),
+        });
+    }
+    let values = (0..members.len()).map(|index| {
+        row.try_get_raw(index)
+            .ok()
+            .filter(|value| !value.is_null())
+            .and_then(|value| value.as_bytes().ok())
+    });
+    rows.push_rendered(|out| render::row_into(out, members, values))
+        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+}
+
+/// Appends the row's first column, its JSON text on engines that render rows themselves, to `rows`.
+fn first_text_into<R: Row>(rows: &mut RowsBuilder, row: &R, _: &Statement) -> Result<(), sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    if let Some(text) = row.try_get::<Option<&str>, _>(0)? {
+        rows.push(text);
+    }
+    Ok(())
+}
+
 /// The row's first column, which holds its JSON text on engines that render rows themselves.
 fn first_text<R: Row>(row: &R, _: &Statement) -> Result<Option<String>, sqlx::Error>
 where
@@ -306,18 +344,18 @@ macro_rules! fetch_strings_on {
 }
 
 /// Runs a read on a parked connection, or on a fresh one from the pool once when the parked one
-/// turns out to be closed.
-macro_rules! fetch_strings_parked {
-    ($parking:expr, $statement:expr, $bind:ident, $row_text:expr) => {{
+/// turns out to be closed: `$collect` starts what the rows are gathered into, `$add` adds each.
+macro_rules! fetch_parked {
+    ($parking:expr, $statement:expr, $bind:ident, $collect:expr, $add:expr) => {{
         let mut fresh = false;
         loop {
             let mut lease = $parking.lease(fresh).await?;
             let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
-            let fetched: Result<Vec<Option<String>>, sqlx::Error> = async {
+            let fetched: Result<_, sqlx::Error> = async {
                 let mut rows = query.fetch(&mut *lease.connection);
-                let mut values = Vec::new();
+                let mut values = $collect;
                 while let Some(row) = rows.try_next().await? {
-                    values.push($row_text(&row, $statement)?);
+                    $add(&mut values, &row, $statement)?;
                 }
                 Ok(values)
             }
@@ -338,6 +376,21 @@ macro_rules! fetch_strings_parked {
         }
     }};
 }
+
+/// Adds each row's text, as `$row_text` makes it, to a list.
+macro_rules! push_text {
+    ($row_text:expr) => {
+        |values: &mut Vec<Option<String>>, row, statement| -> Result<(), sqlx::Error> {
+            values.push($row_text(row, statement)?);
+            Ok(())
+        }
+    };
+}
+
+/// Most rows a read's buffer makes room for before the first arrives, whatever its limit.
+const ROWS_SIZED_AHEAD: usize = 256;
+/// Bytes made room for per expected row: a row of a few short columns fits without growing.
+const ROW_BYTES_AHEAD: usize = 128;
 
 macro_rules! execute_on {
     ($executor:expr, $statement:expr, $bind:ident) => {{
@@ -405,10 +458,36 @@ impl Database {
     /// text, for every row.
     pub async fn fetch_strings(&self, statement: &Statement) -> Result<Vec<Option<String>>, ApiError> {
         match &*self.reads {
-            Reads::Postgres(parking) => fetch_strings_parked!(parking, statement, bind_postgres, postgres_row_text),
-            Reads::Mysql(parking) => fetch_strings_parked!(parking, statement, bind_mysql, first_text),
-            Reads::Sqlite(parking) => fetch_strings_parked!(parking, statement, bind_sqlite, first_text),
+            Reads::Postgres(parking) => {
+                fetch_parked!(
+                    parking,
+                    statement,
+                    bind_postgres,
+                    Vec::new(),
+                    push_text!(postgres_row_text)
+                )
+            }
+            Reads::Mysql(parking) => fetch_parked!(parking, statement, bind_mysql, Vec::new(), push_text!(first_text)),
+            Reads::Sqlite(parking) => {
+                fetch_parked!(parking, statement, bind_sqlite, Vec::new(), push_text!(first_text))
+            }
         }
+    }
+
+    /// Runs the read `statement` on a read-only connection and gathers the JSON object text of
+    /// each row (rows whose text is NULL are left out) into one buffer; `expected` rows at most
+    /// are expected, which sizes it.
+    pub async fn fetch_rows(&self, statement: &Statement, expected: u64) -> Result<Rows, ApiError> {
+        let expected = usize::try_from(expected).unwrap_or(usize::MAX).min(ROWS_SIZED_AHEAD);
+        let collect = || RowsBuilder::with_capacity(expected, expected.saturating_mul(ROW_BYTES_AHEAD));
+        let built = match &*self.reads {
+            Reads::Postgres(parking) => fetch_parked!(parking, statement, bind_postgres, collect(), postgres_row_into),
+            Reads::Mysql(parking) => fetch_parked!(parking, statement, bind_mysql, collect(), first_text_into),
+            Reads::Sqlite(parking) => fetch_parked!(parking, statement, bind_sqlite, collect(), first_text_into),
+        }?;
+        built
+            .finish()
+            .map_err(|_| ApiError::from_database(sqlx::Error::Decode(Box::new(render::RenderError::NotUtf8))))
     }
 
     /// Runs a `SELECT COUNT(*)`-shaped statement on a read-only connection.

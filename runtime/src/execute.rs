@@ -9,6 +9,7 @@ use crate::authz::WriteGuard;
 use crate::db::{Database, Tx};
 use crate::error::ApiError;
 use crate::plan::{Action, Comparison, Field, Filter, InsertPlan, Order, Plan, ReadPlan, UpdatePlan};
+use crate::rows::Rows;
 use crate::schema::Column;
 use crate::schema::{Schema, Table};
 use crate::sql;
@@ -19,7 +20,7 @@ use crate::value;
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// One JSON object text per row (read rows, or written rows when asked to return them).
-    pub rows: Vec<String>,
+    pub rows: Rows,
     /// Rows matching the filters regardless of paging, when counted.
     pub total: Option<i64>,
     /// Rows written.
@@ -28,7 +29,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// A write that returned `rows`, one per row written.
-    fn written(rows: Vec<String>) -> Self {
+    fn written(rows: Rows) -> Self {
         Self {
             affected: rows.len() as u64,
             rows,
@@ -39,24 +40,10 @@ impl Outcome {
     /// A write of `affected` rows that returned none.
     fn affected(affected: u64) -> Self {
         Self {
-            rows: Vec::new(),
+            rows: Rows::default(),
             total: None,
             affected,
         }
-    }
-
-    /// The rows as one JSON array.
-    pub fn json_array(&self) -> String {
-        let mut body = String::with_capacity(self.rows.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
-        body.push('[');
-        for (index, row) in self.rows.iter().enumerate() {
-            if index > 0 {
-                body.push(',');
-            }
-            body.push_str(row);
-        }
-        body.push(']');
-        body
     }
 }
 
@@ -75,14 +62,16 @@ pub async fn execute(
     let returning = plan.returning.as_deref();
     match &plan.action {
         Action::Read(read) => {
-            let rows = database.fetch_strings(&sql::select(engine, table, read)).await?;
+            let rows = database
+                .fetch_rows(&sql::select(engine, table, read), read.limit)
+                .await?;
             let total = if count {
                 Some(database.fetch_count(&sql::count(engine, table, &read.filters)).await?)
             } else {
                 None
             };
             Ok(Outcome {
-                rows: rows.into_iter().flatten().collect(),
+                rows,
                 total,
                 affected: 0,
             })
@@ -193,7 +182,7 @@ async fn guarded_insert(
         .await?;
     let affected = written.len() as u64;
     // `insert_checked` answers NULL for a row outside the filter; dropping `tx` rolls back.
-    let Some(rows) = written.into_iter().collect::<Option<Vec<String>>>() else {
+    let Some(rows) = written.into_iter().collect::<Option<Rows>>() else {
         return Err(outside(
             guard,
             table,
@@ -202,7 +191,7 @@ async fn guarded_insert(
     };
     tx.commit().await?;
     Ok(Outcome {
-        rows: if returning.is_some() { rows } else { Vec::new() },
+        rows: if returning.is_some() { rows } else { Rows::default() },
         total: None,
         affected,
     })
@@ -294,13 +283,13 @@ async fn check_and_read_back(
     count: usize,
     check: Option<(&WriteGuard, &'static str)>,
     returning: Option<&[Field]>,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Rows, ApiError> {
     if let Some((guard, reason)) = check {
         check_inside(tx, engine, table, &written, guard, reason).await?;
     }
     match returning {
         Some(fields) => read_back(tx, engine, table, fields, written, count).await,
-        None => Ok(Vec::new()),
+        None => Ok(Rows::default()),
     }
 }
 
@@ -312,7 +301,7 @@ async fn read_back(
     fields: &[Field],
     rows: Filter,
     count: usize,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Rows, ApiError> {
     let order = table
         .primary_key
         .iter()

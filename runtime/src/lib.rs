@@ -45,6 +45,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod render;
 pub mod rest;
+pub mod rows;
 pub mod schema;
 pub mod server;
 pub mod sql;

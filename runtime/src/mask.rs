@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use sluice_crds::apirole::{FieldMask, MaskStrategy};
 
 use crate::error::ApiError;
+use crate::rows::Rows;
 
 /// Which output keys of a row are masked, and how; nested for embedded rows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -47,16 +48,15 @@ impl MaskTree {
     }
 
     /// Masks every row, each one JSON object text as the database rendered it.
-    pub fn apply(&self, rows: &mut [String]) -> Result<(), ApiError> {
-        for row in rows {
+    pub fn apply(&self, rows: &mut Rows) -> Result<(), ApiError> {
+        rows.rewrite(|row| {
             let mut value: Value = serde_json::from_str(row).map_err(|error| {
                 tracing::error!(%error, "the database rendered a row that is not JSON");
                 ApiError::Internal
             })?;
             self.apply_to(&mut value);
-            *row = value.to_string();
-        }
-        Ok(())
+            Ok(value.to_string())
+        })
     }
 
     /// Masks one row (an object) or the rows of an embedded array.
@@ -155,11 +155,13 @@ mod tests {
         tree.mask("mail", mask(MaskStrategy::Fixed, Some("hidden"), None));
         tree.embed("orders", orders);
         tree.embed("unmasked", MaskTree::default());
-        let mut rows = vec![
+        let mut rows: Rows = [
             json!({"id": 1, "mail": "a@b.c", "orders": [{"id": 10, "note": "gift"}, {"id": 11, "note": null}]})
                 .to_string(),
             json!({"id": 2, "mail": null, "orders": []}).to_string(),
-        ];
+        ]
+        .into_iter()
+        .collect();
         tree.apply(&mut rows).expect("rows are JSON");
         let rows: Vec<Value> = rows.iter().map(|r| serde_json::from_str(r).expect("json")).collect();
         assert_eq!(

@@ -77,6 +77,18 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// The JSON object of one row: `values` are the binary values of `members`, in order, `None` for NULL.
 pub fn row<'v>(members: &[Member], values: impl IntoIterator<Item = Option<&'v [u8]>>) -> Result<String, RenderError> {
     let mut out = Vec::with_capacity(members.iter().map(|m| m.prefix.len() + 16).sum::<usize>() + 2);
+    row_into(&mut out, members, values)?;
+    // Text values are checked here, once per row, rather than one by one.
+    String::from_utf8(out).map_err(|_| RenderError::NotUtf8)
+}
+
+/// Appends the JSON object of one row to `out`, as [`row`] writes it; the caller checks that
+/// what it appended is UTF-8, which only text values could break.
+pub fn row_into<'v>(
+    out: &mut Vec<u8>,
+    members: &[Member],
+    values: impl IntoIterator<Item = Option<&'v [u8]>>,
+) -> Result<(), RenderError> {
     out.push(b'{');
     for (index, (member, value)) in members.iter().zip(values).enumerate() {
         if index > 0 {
@@ -86,7 +98,7 @@ pub fn row<'v>(members: &[Member], values: impl IntoIterator<Item = Option<&'v [
         match value {
             None => out.extend_from_slice(b"null"),
             Some(bytes) => {
-                value_into(&mut out, member.encoding, bytes).ok_or(RenderError::Value {
+                value_into(out, member.encoding, bytes).ok_or(RenderError::Value {
                     index,
                     encoding: member.encoding,
                     length: bytes.len(),
@@ -95,8 +107,7 @@ pub fn row<'v>(members: &[Member], values: impl IntoIterator<Item = Option<&'v [
         }
     }
     out.push(b'}');
-    // Text values are checked here, once per row, rather than one by one.
-    String::from_utf8(out).map_err(|_| RenderError::NotUtf8)
+    Ok(())
 }
 
 /// Appends one non-NULL value; `None` when `bytes` is not a value of `encoding`.

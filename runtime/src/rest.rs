@@ -119,14 +119,14 @@ fn wants_single(headers: &HeaderMap) -> bool {
 }
 
 /// One object from exactly one row, as `Accept: application/vnd.pgrst.object+json` asks.
-fn single_object(outcome: &Outcome) -> Result<Response, ApiError> {
-    match outcome.rows.as_slice() {
-        [row] => Ok(json_response(StatusCode::OK, row.clone())),
-        rows => Err(ApiError::bad_query(
-            format!(
-                "one row was asked for (Accept: {SINGLE_OBJECT}), {} matched",
-                rows.len()
-            ),
+fn single_object(outcome: Outcome) -> Result<Response, ApiError> {
+    match outcome.rows.len() {
+        1 => Ok(json_response(
+            StatusCode::OK,
+            outcome.rows.into_first().unwrap_or_default(),
+        )),
+        matched => Err(ApiError::bad_query(
+            format!("one row was asked for (Accept: {SINGLE_OBJECT}), {matched} matched"),
             "filter on a unique column, or accept an array",
         )),
     }
@@ -156,10 +156,11 @@ pub async fn read_rows(
     let preferences = Preferences::from_headers(&headers);
     let outcome = pipeline::run(&state, &schema, &access, plan, preferences.count_exact).await?;
     if wants_single(&headers) {
-        return single_object(&outcome);
+        return single_object(outcome);
     }
-    let mut response = json_response(StatusCode::OK, outcome.json_array());
-    if let Ok(value) = HeaderValue::from_str(&content_range(offset, outcome.rows.len(), outcome.total)) {
+    let range = content_range(offset, outcome.rows.len(), outcome.total);
+    let mut response = json_response(StatusCode::OK, outcome.rows.into_json_array());
+    if let Ok(value) = HeaderValue::from_str(&range) {
         response.headers_mut().insert(header::CONTENT_RANGE, value);
     }
     Ok(response)
@@ -187,7 +188,7 @@ pub async fn read_row(
         returning: None,
     };
     let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
-    match outcome.rows.into_iter().next() {
+    match outcome.rows.into_first() {
         Some(row) => Ok(json_response(StatusCode::OK, row)),
         None => Err(ApiError::RowNotFound {
             table: table.name.clone(),
@@ -247,7 +248,7 @@ fn returning(
     Ok(Some(fields))
 }
 
-fn write_response(status: StatusCode, outcome: &Outcome, returned: bool, single: bool) -> Result<Response, ApiError> {
+fn write_response(status: StatusCode, outcome: Outcome, returned: bool, single: bool) -> Result<Response, ApiError> {
     if !returned {
         return Ok(if status == StatusCode::CREATED {
             status.into_response()
@@ -262,7 +263,7 @@ fn write_response(status: StatusCode, outcome: &Outcome, returned: bool, single:
             Response::from_parts(parts, body)
         });
     }
-    Ok(json_response(status, outcome.json_array()))
+    Ok(json_response(status, outcome.rows.into_json_array()))
 }
 
 /// `POST /{table}`: insert one object or an array; upsert with `Prefer: resolution=…`.
@@ -323,7 +324,7 @@ pub async fn create_rows(
         returning,
     };
     let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
-    write_response(StatusCode::CREATED, &outcome, returned, wants_single(&headers))
+    write_response(StatusCode::CREATED, outcome, returned, wants_single(&headers))
 }
 
 /// `PATCH /{table}?filters`: updates every matching row; a filter is required.
@@ -364,7 +365,7 @@ pub async fn update_rows(
         returning,
     };
     let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
-    write_response(StatusCode::OK, &outcome, returned, wants_single(&headers))
+    write_response(StatusCode::OK, outcome, returned, wants_single(&headers))
 }
 
 /// `DELETE /{table}?filters`: deletes every matching row; a filter is required.
@@ -398,7 +399,7 @@ pub async fn delete_rows(
         returning,
     };
     let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
-    write_response(StatusCode::OK, &outcome, returned, wants_single(&headers))
+    write_response(StatusCode::OK, outcome, returned, wants_single(&headers))
 }
 
 fn row_response(outcome: Outcome, returned: bool, table: &Table, key: String) -> Result<Response, ApiError> {
@@ -408,7 +409,7 @@ fn row_response(outcome: Outcome, returned: bool, table: &Table, key: String) ->
             key,
         });
     }
-    match outcome.rows.into_iter().next() {
+    match outcome.rows.into_first() {
         Some(row) if returned => Ok(json_response(StatusCode::OK, row)),
         _ => Ok(StatusCode::NO_CONTENT.into_response()),
     }
@@ -505,7 +506,7 @@ pub async fn replace_row(
         returning,
     };
     let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
-    match outcome.rows.into_iter().next() {
+    match outcome.rows.into_first() {
         Some(row) if returned => Ok(json_response(StatusCode::OK, row)),
         _ => Ok(StatusCode::NO_CONTENT.into_response()),
     }

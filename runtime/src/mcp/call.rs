@@ -24,6 +24,7 @@ use crate::metrics::RequestOutcome;
 use crate::pipeline::{self, CallFacts};
 use crate::plan::{self, Action, Filter, Paging, Plan, ReadPlan};
 use crate::query::{Condition, IsValue, Nulls, Operand, OrderTerm, ReadQuery, SelectItem};
+use crate::rows::Rows;
 use crate::schema::{Schema, Table};
 
 use super::CallContext;
@@ -461,7 +462,7 @@ fn select(columns: &[String]) -> Vec<SelectItem> {
 /// Rows as one JSON result: at most `limit` of them and [`MAX_RESULT_BYTES`], marked
 /// `truncated` with a paging hint when some were left out (`overflow` when the rows cannot be
 /// paged by offset). `leading` fields come first.
-fn rows_result(rows: &[String], limit: usize, offset: Option<u64>, leading: &[(&str, u64)], overflow: &str) -> String {
+fn rows_result(rows: &Rows, limit: usize, offset: Option<u64>, leading: &[(&str, u64)], overflow: &str) -> String {
     let mut text = String::from("{");
     for (name, value) in leading {
         text.push_str(&format!("\"{name}\":{value},"));
@@ -780,7 +781,7 @@ mod tests {
 
     #[test]
     fn results_stop_at_the_limit_and_say_where_to_continue() {
-        let rows: Vec<String> = (0..3).map(|id| format!("{{\"id\":{id}}}")).collect();
+        let rows: Rows = (0..3).map(|id| format!("{{\"id\":{id}}}")).collect();
         let page: Value = serde_json::from_str(&rows_result(&rows, 2, Some(10), &[], "")).expect("JSON");
         assert_eq!(
             page,
@@ -798,7 +799,7 @@ mod tests {
     #[test]
     fn results_stop_at_the_byte_cap() {
         let wide = format!("{{\"text\":\"{}\"}}", "x".repeat(MAX_RESULT_BYTES / 2));
-        let rows = vec![wide.clone(), wide.clone(), wide];
+        let rows: Rows = [wide.clone(), wide.clone(), wide].into_iter().collect();
         let page: Value = serde_json::from_str(&rows_result(&rows, 10, Some(0), &[], "")).expect("JSON");
         assert_eq!(page["returned"], json!(1));
         assert_eq!(page["nextOffset"], json!(1));

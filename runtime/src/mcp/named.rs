@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, Column, Row, TypeInfo, ValueRef};
 use crate::authz::Access;
 use crate::db::{Database, Pool};
 use crate::error::ApiError;
+use crate::rows::Rows;
 
 use super::tools::{BUILT_IN, as_object, object};
 
@@ -332,7 +333,7 @@ pub async fn run(
     let fetch = max_rows + 1;
     // The reader pool's sessions are read-only already; the explicit read-only transactions
     // say so in the SQL log too.
-    let rows = match database.reader() {
+    let rows: Vec<String> = match database.reader() {
         Pool::Postgres(pool) => {
             let wrapped = format!("SELECT row_to_json(q)::text FROM ({sql}) AS q LIMIT {fetch}");
             let mut tx = Box::pin(pool.begin_with("BEGIN READ ONLY"))
@@ -366,13 +367,13 @@ pub async fn run(
                 .collect()
         }
     };
-    Ok(NamedOutcome::Rows(rows))
+    Ok(NamedOutcome::Rows(rows.iter().collect()))
 }
 
 /// What a named query produced.
 pub enum NamedOutcome {
     /// A read's rows as JSON object texts.
-    Rows(Vec<String>),
+    Rows(Rows),
     /// A write's changed rows.
     Affected(u64),
 }

@@ -266,6 +266,17 @@ fn postgres_row_text(row: &PgRow, statement: &Statement) -> Result<Option<String
     let Some(members) = &statement.members else {
         return row.try_get(0);
     };
+    render::row(members, member_values(row, members)?)
+        .map(Some)
+        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+}
+
+/// The binary values of a row's `members`, in order, `None` for NULL; an error when the row has
+/// fewer columns than members.
+fn member_values<'r>(
+    row: &'r PgRow,
+    members: &[render::Member],
+) -> Result<impl Iterator<Item = Option<&'r [u8]>>, sqlx::Error> {
     if row.len() < members.len() {
         return Err(sqlx::Error::ColumnIndexOutOfBounds {
             index: members.len() - 1,
@@ -274,15 +285,12 @@ fn postgres_row_text(row: &PgRow, statement: &Statement) -> Result<Option<String
     }
     // Every index is in bounds (checked above), and only NULL has no bytes: the values go to
     // the renderer as they are read, without a list per row.
-    let values = (0..members.len()).map(|index| {
+    Ok((0..members.len()).map(|index| {
         row.try_get_raw(index)
             .ok()
             .filter(|value| !value.is_null())
             .and_then(|value| value.as_bytes().ok())
-    });
-    render::row(members, values)
-        .map(Some)
-        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+    }))
 }
 
 /// Appends the row's JSON text to `rows`, as [`postgres_row_text`] makes it, without a string of
@@ -294,18 +302,7 @@ fn postgres_row_into(rows: &mut RowsBuilder, row: &PgRow, statement: &Statement)
         }
         return Ok(());
     };
-    if row.len() < members.len() {
-        return Err(sqlx::Error::ColumnIndexOutOfBounds {
-            index: members.len() - 1,
-            len: row.len(),
-        });
-    }
-    let values = (0..members.len()).map(|index| {
-        row.try_get_raw(index)
-            .ok()
-            .filter(|value| !value.is_null())
-            .and_then(|value| value.as_bytes().ok())
-    });
+    let values = member_values(row, members)?;
     rows.push_rendered(|out| render::row_into(out, members, values))
         .map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }

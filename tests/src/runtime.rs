@@ -402,6 +402,14 @@ impl TestApi {
         }
     }
 
+    /// The fixture's database file, on SQLite.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match &self.cleanup {
+            Cleanup::Sqlite { path } => Some(path),
+            _ => None,
+        }
+    }
+
     /// `GET path` (no base path added).
     pub async fn get(&self, path: &str) -> Reply {
         request(self.address, "GET", path, &[], None).await

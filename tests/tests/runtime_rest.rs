@@ -900,6 +900,55 @@ async fn slow_statements_time_out_on_mariadb() {
     slow_statements_time_out(Engine::Mysql).await;
 }
 
+/// Another process holding the SQLite file's write lock past the statement timeout: a write, one
+/// statement or a transaction checked against a row filter, waits for it as long as that, then is a
+/// 503 the client may retry, and writes nothing; once the lock is gone the same write succeeds.
+#[tokio::test]
+async fn writes_meeting_a_locked_sqlite_file_are_503_database_busy() {
+    use sqlx::{Connection, Executor};
+    let api = start(Engine::Sqlite).await;
+    let path = api.sqlite_path().expect("a SQLite fixture").display().to_string();
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+        .await
+        .expect("a second connection to the fixture");
+    other
+        .execute("BEGIN IMMEDIATE")
+        .await
+        .expect("the other process's lock");
+    let statement_timeout = Duration::from_millis(u64::from(sluice_tests::runtime::STATEMENT_TIMEOUT_MS));
+    let writes = [
+        ("admin: one statement", api.key("admin"), "/customers?id=eq.1"),
+        (
+            "tenant: checked against its row filter",
+            api.key("tenant"),
+            "/customers?id=eq.2",
+        ),
+    ];
+    for (name, key, path) in writes {
+        let started = Instant::now();
+        let reply = api
+            .call_as(Some(key), "PATCH", path, &[], Some(r#"{"name":"Locked"}"#))
+            .await;
+        assert_eq!(reply.status, 503, "{name}: {}", reply.body);
+        assert_eq!(reply.json()["code"], "database_busy", "{name}");
+        assert!(reply.header("retry-after").is_some(), "{name}: no Retry-After");
+        assert!(
+            started.elapsed() >= statement_timeout - Duration::from_millis(200),
+            "{name}: answered after {:?}, without waiting for the lock",
+            started.elapsed()
+        );
+    }
+    other.execute("ROLLBACK").await.expect("the other process lets go");
+    for (name, key, path) in writes {
+        let reply = api
+            .call_as(Some(key), "PATCH", path, &[REPRESENTATION], Some(r#"{"name":"Free"}"#))
+            .await;
+        assert_eq!(reply.status, 200, "{name}: {}", reply.body);
+        assert_eq!(reply.json()[0]["name"], "Free", "{name}");
+    }
+    api.cleanup().await;
+}
+
 async fn engine_types_round_trip(engine: Engine, row: Value) {
     let api = start(engine).await;
     let created = api

@@ -333,7 +333,7 @@ pub async fn run(
     let fetch = max_rows + 1;
     // The reader pool's sessions are read-only already; the explicit read-only transactions
     // say so in the SQL log too.
-    let rows: Vec<String> = match database.reader() {
+    let rows: Rows = match database.reader() {
         Pool::Postgres(pool) => {
             let wrapped = format!("SELECT row_to_json(q)::text FROM ({sql}) AS q LIMIT {fetch}");
             let mut tx = Box::pin(pool.begin_with("BEGIN READ ONLY"))
@@ -342,8 +342,8 @@ pub async fn run(
             let query = bind_params!(sqlx::query(AssertSqlSafe(wrapped)), &binds, text_only: true);
             let rows = query.fetch_all(&mut *tx).await.map_err(ApiError::from_database)?;
             rows.iter()
-                .map(|row| row.try_get::<String, _>(0).map_err(ApiError::from_database))
-                .collect::<Result<Vec<_>, _>>()?
+                .map(|row| row.try_get::<&str, _>(0).map_err(ApiError::from_database))
+                .collect::<Result<Rows, _>>()?
         }
         Pool::Mysql(pool) => {
             let wrapped = format!("SELECT * FROM ({sql}) AS q LIMIT {fetch}");
@@ -367,7 +367,7 @@ pub async fn run(
                 .collect()
         }
     };
-    Ok(NamedOutcome::Rows(rows.iter().collect()))
+    Ok(NamedOutcome::Rows(rows))
 }
 
 /// What a named query produced.

@@ -266,3 +266,46 @@ pub struct ApiRoleStatus {
 pub fn generated_key_secret_name(role: &str, key: &str) -> String {
     format!("{role}-key-{key}")
 }
+
+/// Whether `secret` is [`generated_key_secret_name`] of `role` and `key`, compared without
+/// building the name: watch events check it against every cached role.
+pub fn is_generated_key_secret_name(secret: &str, role: &str, key: &str) -> bool {
+    secret.strip_prefix(role).and_then(|rest| rest.strip_prefix("-key-")) == Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_secret_name_is_recognised_exactly_when_it_would_be_built() {
+        let roles = ["reader", "a", "a-key", "reader-key-x", ""];
+        let keys = ["ci", "key-b", "b", "", "x-key-y"];
+        let secrets = [
+            "reader-key-ci",
+            "a-key-key-b",
+            "a-key-b",
+            "reader-key-",
+            "reader-key-cix",
+            "xreader-key-ci",
+            "reader-ci",
+            "-key-",
+            "reader-key-x-key-y",
+        ];
+        for role in roles {
+            for key in keys {
+                for secret in secrets
+                    .iter()
+                    .copied()
+                    .chain([generated_key_secret_name(role, key).as_str()])
+                {
+                    assert_eq!(
+                        is_generated_key_secret_name(secret, role, key),
+                        generated_key_secret_name(role, key) == secret,
+                        "secret {secret:?}, role {role:?}, key {key:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use sluice_crds::apirole::generated_key_secret_name;
 use sluice_crds::{ApiRole, ApiRoleStatus};
@@ -69,19 +70,12 @@ pub async fn reconcile(role: Arc<ApiRole>, ctx: Arc<Context>) -> Result<Action, 
         ctx.revoked(&role);
     }
 
-    let existing: BTreeSet<String> = ctx
-        .data_apis
-        .state()
-        .iter()
-        .filter(|api| api.namespace().as_deref() == Some(namespace.as_str()))
-        .map(|api| api.name_any())
-        .collect();
     let (bound, missing): (Vec<String>, Vec<String>) = role
         .spec
         .data_apis
         .iter()
         .cloned()
-        .partition(|name| existing.contains(name));
+        .partition(|name| ctx.data_apis.get(&ObjectRef::new(name).within(&namespace)).is_some());
     let ready = if !missing.is_empty() {
         Decided::falsy(
             status::READY,
@@ -196,7 +190,7 @@ async fn ensure_generated_key(
 /// Deletes generated key Secrets whose key no longer appears in the spec, revoking the key.
 /// The role's key Secrets are found in the watched Secrets' metadata: no list request.
 async fn revoke_removed_keys(secrets: &Api<Secret>, role: &ApiRole, ctx: &Context) -> Result<(), Error> {
-    let namespace = role.namespace();
+    let namespace = role.meta().namespace.as_deref().unwrap_or_default();
     let role_name = role.name_any();
     let wanted: BTreeSet<&str> = role
         .spec
@@ -208,7 +202,7 @@ async fn revoke_removed_keys(secrets: &Api<Secret>, role: &ApiRole, ctx: &Contex
     let uid = role.meta().uid.as_ref();
     let removed = ctx.secrets.all_metadata().into_iter().filter(|secret| {
         let label = |name: &str| secret.labels().get(name).map(String::as_str);
-        secret.namespace() == namespace
+        crate::in_namespace(secret.as_ref(), namespace)
             && label(ROLE_LABEL) == Some(role_name.as_str())
             && secret.owner_references().iter().any(|owner| Some(&owner.uid) == uid)
             && !wanted.contains(label(KEY_LABEL).unwrap_or_default())

@@ -182,7 +182,7 @@ async fn plan(api: &DataApi, ctx: &Context, namespace: &str) -> Result<Result<Pl
         .roles
         .state()
         .iter()
-        .filter(|role| role.namespace().as_deref() == Some(namespace) && role.spec.data_apis.contains(&name))
+        .filter(|role| crate::in_namespace(role.as_ref(), namespace) && role.spec.data_apis.contains(&name))
         .map(|role| (**role).clone())
         .collect();
     let hashes = match key_hashes(ctx, namespace, &roles).await? {

@@ -30,7 +30,7 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, controller, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
-use sluice_crds::apirole::generated_key_secret_name;
+use sluice_crds::apirole::is_generated_key_secret_name;
 use sluice_crds::{ApiRole, DataApi};
 use tracing::{info, warn};
 
@@ -44,6 +44,12 @@ const RECONCILE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis
 
 /// Label every child the operator applies carries; the child watches select on it.
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=sluice-operator";
+
+/// Whether `object` lives in `namespace`. The event mappers and reconcilers filter every cached
+/// object with it, so it compares in place rather than copying the namespace out.
+pub(crate) fn in_namespace<K: Resource>(object: &K, namespace: &str) -> bool {
+    object.meta().namespace.as_deref() == Some(namespace)
+}
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -77,7 +83,7 @@ fn data_apis_for_secret(
     for api in data_apis
         .state()
         .iter()
-        .filter(|api| api.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|api| in_namespace(api.as_ref(), &namespace))
     {
         let names_secret = api
             .spec
@@ -99,7 +105,7 @@ fn data_apis_for_secret(
     for role in roles
         .state()
         .iter()
-        .filter(|role| role.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|role| in_namespace(role.as_ref(), &namespace))
     {
         if role_uses_secret(role, &name) {
             affected.extend(
@@ -114,9 +120,10 @@ fn data_apis_for_secret(
 }
 
 fn role_uses_secret(role: &ApiRole, secret: &str) -> bool {
+    let role_name = role.meta().name.as_deref().unwrap_or_default();
     role.spec.api_keys.iter().any(|key| match &key.secret_ref {
         Some(reference) => reference.name == secret,
-        None => generated_key_secret_name(&role.name_any(), &key.name) == secret,
+        None => is_generated_key_secret_name(secret, role_name, &key.name),
     })
 }
 
@@ -261,9 +268,7 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
             roles_for_apis
                 .state()
                 .iter()
-                .filter(|role| {
-                    role.namespace().as_deref() == Some(namespace.as_str()) && role.spec.data_apis.contains(&name)
-                })
+                .filter(|role| in_namespace(role.as_ref(), &namespace) && role.spec.data_apis.contains(&name))
                 .map(|role| ObjectRef::from(role.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -273,7 +278,7 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
             roles_for_keys
                 .state()
                 .iter()
-                .filter(|role| role.namespace().as_deref() == Some(namespace.as_str()) && role_uses_secret(role, &name))
+                .filter(|role| in_namespace(role.as_ref(), &namespace) && role_uses_secret(role, &name))
                 .map(|role| ObjectRef::from(role.as_ref()))
                 .collect::<Vec<_>>()
         })

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -82,6 +82,8 @@ pub struct Context {
     /// only through a spec change, so its key Secrets are looked for once per generation, not
     /// on every reconcile.
     revoked_at: Mutex<HashMap<ObjectRef<ApiRole>, i64>>,
+    /// When each DataApi was first seen waiting for a generated API key, while it still is.
+    key_pending_since: Mutex<HashMap<ObjectRef<DataApi>, Instant>>,
 }
 
 impl Context {
@@ -108,7 +110,30 @@ impl Context {
             applied: AppliedChildren::default(),
             failures: Mutex::default(),
             revoked_at: Mutex::default(),
+            key_pending_since: Mutex::default(),
         }
+    }
+
+    /// How long `api` has been waiting for a generated API key, counting from the first reconcile
+    /// that found it waiting; forgets deleted DataApis once the record outgrows those that exist.
+    pub fn key_pending_for(&self, api: &DataApi) -> Duration {
+        let mut since = self
+            .key_pending_since
+            .lock()
+            .expect("the pending-key record is never poisoned");
+        let waited = since.entry(ObjectRef::from(api)).or_insert_with(Instant::now).elapsed();
+        if since.len() > self.data_apis.len() + 1 {
+            since.retain(|api, _| self.data_apis.get(api).is_some());
+        }
+        waited
+    }
+
+    /// Records that `api` is no longer waiting for a generated API key.
+    pub fn key_not_pending(&self, api: &DataApi) {
+        self.key_pending_since
+            .lock()
+            .expect("the pending-key record is never poisoned")
+            .remove(&ObjectRef::from(api));
     }
 
     /// Records a failed reconcile of `key` and returns how long to wait before the next try:

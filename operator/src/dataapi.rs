@@ -29,6 +29,12 @@ use crate::resources::{self, ChildNames, PodInputs, RESTART_HASH_ANNOTATION};
 use crate::secrets::{Found, ValueDigests};
 use crate::status::{self, Decided, Rollout, reason};
 
+/// How long a DataApi may wait for the ApiRole controller to generate a bound role's API key
+/// before the wait is reported (`ConfigValid=False`, reason `KeyPending`). Generating a key takes
+/// the role controller one reconcile; reporting every such wait would flip a Ready DataApi to
+/// not Ready whenever a role gains a key, and cost every new DataApi a status write.
+const KEY_PENDING_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a DataApi cannot be deployed as it stands; becomes `ConfigValid=False`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -61,6 +67,19 @@ pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, E
     ctx.forget_deleted_children();
     let namespace = api.namespace().unwrap_or_default();
     let planned = plan(&api, &ctx, &namespace).await?;
+    match &planned {
+        Err(invalid) if invalid.reason == reason::KEY_PENDING => {
+            let waited = ctx.key_pending_for(&api);
+            if waited < KEY_PENDING_GRACE {
+                // The ApiRole controller is generating the key, and its Secret's creation wakes
+                // this DataApi. Nothing is wrong yet: the children and the status stay as they
+                // are (a Ready DataApi stays Ready while a role gains a key).
+                ctx.succeeded(&failure_key(&api));
+                return Ok(Action::requeue(KEY_PENDING_GRACE - waited));
+            }
+        }
+        _ => ctx.key_not_pending(&api),
+    }
     let previous = api.status.clone().unwrap_or_default();
     let mut next = DataApiStatus {
         config_secret: previous.config_secret.clone(),

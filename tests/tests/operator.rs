@@ -311,6 +311,89 @@ async fn conditions_walk_from_config_valid_through_progressing_to_ready() {
     );
 }
 
+/// Every (ConfigValid reason, Ready status) the DataApi `name` shows from when the watch is
+/// established (`watching` fires) until the task is aborted.
+async fn record_statuses(
+    apis: Api<DataApi>,
+    name: String,
+    watching: tokio::sync::oneshot::Sender<()>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = std::pin::pin!(watcher(apis, config));
+    let mut watching = Some(watching);
+    while let Some(event) = stream.next().await {
+        let api = match event.expect("the DataApi watch works") {
+            watcher::Event::InitDone => {
+                if let Some(watching) = watching.take() {
+                    let _ = watching.send(());
+                }
+                continue;
+            }
+            watcher::Event::Apply(api) | watcher::Event::InitApply(api) => api,
+            watcher::Event::Init | watcher::Event::Delete(_) => continue,
+        };
+        let config_valid = condition(&api, status::CONFIG_VALID).map(|c| c.reason.clone());
+        let ready = condition(&api, status::READY).map(|c| c.status.clone());
+        seen.lock()
+            .unwrap()
+            .push((config_valid.unwrap_or_default(), ready.unwrap_or_default()));
+    }
+}
+
+/// Generating a key is the operator's own work: waiting for it is not reported as a problem,
+/// neither on a new DataApi nor on a Ready one whose role gains a key.
+#[tokio::test]
+async fn waiting_for_a_generated_key_is_not_reported_and_a_ready_data_api_stays_ready() {
+    let h = harness("op-keywait").await;
+    h.dsn_secret("sales-db", "postgres://u:p@db:5432/sales").await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (established, watch_ready) = tokio::sync::oneshot::channel();
+    let recording = tokio::spawn(record_statuses(
+        h.api::<DataApi>(),
+        "sales".into(),
+        established,
+        seen.clone(),
+    ));
+    watch_ready.await.expect("the watch starts");
+    h.apply_yaml::<ApiRole>(VIEWER).await;
+    h.apply_yaml::<ApiRole>(ANALYST).await;
+    h.apply_yaml::<DataApi>(DATA_API).await;
+    wait_condition(&h, "sales", status::READY, "True").await;
+    let on_creation: Vec<_> = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        on_creation
+            .iter()
+            .all(|(config_valid, _)| config_valid != status::reason::KEY_PENDING),
+        "a new DataApi reported waiting for its role's key: {on_creation:?}"
+    );
+
+    h.api::<ApiRole>()
+        .patch(
+            "analyst",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "apiKeys": [{ "name": "dashboard" }, { "name": "ci" }] } })),
+        )
+        .await
+        .unwrap();
+    eventually("the config to carry the new key", || async {
+        let config = rendered_config(&h).await;
+        config.api_keys.iter().any(|key| key.id == "analyst/ci").then_some(())
+    })
+    .await;
+    // Any status write the change caused comes with or before the config.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    recording.abort();
+    let on_new_key = seen.lock().unwrap().clone();
+    assert!(
+        on_new_key.iter().all(|(_, ready)| ready == "True"),
+        "the DataApi left Ready while its role gained a key: {on_new_key:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_dsn_secret_is_reported_and_fixed_by_creating_it() {
     let h = harness("op-secret").await;

@@ -149,7 +149,8 @@ impl Rollout {
         }
     }
 
-    fn complete(&self) -> bool {
+    /// Every replica asked for runs the newest template and is available: the rollout is done.
+    pub fn complete(&self) -> bool {
         self.observed && self.updated >= self.desired && self.total == self.updated && self.available >= self.desired
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! Each run is a child process of its own (this binary with `--one-run`), so that each starts
 //! on a fresh control plane: the harness keeps one per process and removes it when it exits.
+//! With `--floor`, each run also measures the harness's floor (`floor.rs`) in another child.
 
 mod audit;
+mod floor;
 mod objects;
 mod run;
 
@@ -14,9 +16,11 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use serde::de::DeserializeOwned;
 
 use crate::audit::Writes;
+use crate::floor::FloorFigures;
 use crate::run::{Figures, Settings};
 
 /// Target: every DataApi Ready within this many seconds of the first apply.
@@ -44,20 +48,47 @@ struct Args {
     /// Seconds to wait for every DataApi to become Ready before giving up on the run.
     #[arg(long, default_value_t = 300)]
     timeout_seconds: u64,
+    /// More arguments for `sluice-operator` (repeat it), e.g. `--operator-arg=--concurrency=32`.
+    #[arg(long = "operator-arg", allow_hyphen_values = true)]
+    operator_args: Vec<String>,
     /// Runs, each on a fresh control plane; the table shows the median (min–max).
     #[arg(long, default_value_t = 1)]
     runs: usize,
     /// Directory for the operator's kubeconfig while it runs.
     #[arg(long, default_value = "/var/tmp/sluice-bench")]
     work_dir: PathBuf,
+    /// Also measure, in each run, the harness's floor: the same objects and the children the
+    /// operator would apply, applied by the benchmark with no operator running.
+    #[arg(long)]
+    floor: bool,
     /// Measure once in this process and print the figures as JSON (what each run's child does).
-    #[arg(long, hide = true)]
-    one_run: bool,
+    #[arg(long, hide = true, value_enum)]
+    one_run: Option<RunKind>,
+}
+
+/// What a run's child process measures.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RunKind {
+    Operator,
+    Floor,
+}
+
+impl RunKind {
+    fn flag(self) -> &'static str {
+        match self {
+            Self::Operator => "--one-run=operator",
+            Self::Floor => "--one-run=floor",
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let outcome = if args.one_run { one_run(&args) } else { all_runs(&args) };
+    let outcome = match args.one_run {
+        Some(RunKind::Operator) => one_run(&args),
+        Some(RunKind::Floor) => one_floor_run(&args),
+        None => all_runs(&args),
+    };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -74,10 +105,22 @@ fn one_run(args: &Args) -> Result<()> {
         resync: Duration::from_secs(args.resync_seconds),
         apply_concurrency: args.apply_concurrency.max(1),
         timeout: Duration::from_secs(args.timeout_seconds),
+        operator_args: args.operator_args.clone(),
     };
     std::fs::create_dir_all(&args.work_dir).with_context(|| format!("cannot create {}", args.work_dir.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     let figures = runtime.block_on(run::run(&settings, &args.work_dir))?;
+    println!("{}", serde_json::to_string(&figures)?);
+    Ok(())
+}
+
+fn one_floor_run(args: &Args) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
+    let figures = runtime.block_on(floor::run(
+        args.data_apis,
+        args.apply_concurrency.max(1),
+        Duration::from_secs(args.timeout_seconds),
+    ))?;
     println!("{}", serde_json::to_string(&figures)?);
     Ok(())
 }
@@ -87,29 +130,39 @@ fn all_runs(args: &Args) -> Result<()> {
         bail!("no operator binary at {}", args.operator.display());
     }
     let mut runs = Vec::with_capacity(args.runs);
+    let mut floors = Vec::new();
     for number in 1..=args.runs.max(1) {
         eprintln!("bench-operator: run {number} of {}", args.runs.max(1));
-        let output = Command::new(std::env::current_exe()?)
-            .args(std::env::args_os().skip(1))
-            .arg("--one-run")
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .context("cannot start a run")?;
-        if !output.status.success() {
-            bail!("run {number} failed ({}); its error is printed above", output.status);
+        runs.push(child_run::<Figures>(RunKind::Operator, number)?);
+        if args.floor {
+            eprintln!("bench-operator: the floor of run {number}");
+            floors.push(child_run::<FloorFigures>(RunKind::Floor, number)?);
         }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let last = stdout.lines().last().context("a run printed no figures")?;
-        runs.push(serde_json::from_str::<Figures>(last).context("a run printed figures that are not JSON")?);
     }
-    print!("{}", report(args, &runs));
+    print!("{}", report(args, &runs, &floors));
     Ok(())
+}
+
+/// Runs this binary again as a run's child measuring `kind`, and reads the figures it prints.
+fn child_run<T: DeserializeOwned>(kind: RunKind, number: usize) -> Result<T> {
+    let output = Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .arg(kind.flag())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot start a run")?;
+    if !output.status.success() {
+        bail!("run {number} failed ({}); its error is printed above", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().context("a run printed no figures")?;
+    serde_json::from_str(last).context("a run printed figures that are not JSON")
 }
 
 /// The table of figures over `runs`, each cell the median (min–max), and the writes by request
 /// of the median run.
-fn report(args: &Args, runs: &[Figures]) -> String {
+fn report(args: &Args, runs: &[Figures], floors: &[FloorFigures]) -> String {
     let all_ready = runs.iter().all(|run| run.ready_seconds.is_some());
     let ready_cell = if all_ready {
         spread(runs.iter().filter_map(|run| run.ready_seconds).collect(), 1)
@@ -176,13 +229,38 @@ fn report(args: &Args, runs: &[Figures]) -> String {
             String::new(),
         ],
     ];
+    let mut rows = rows.to_vec();
+    if !floors.is_empty() {
+        let cell = if floors.iter().all(|floor| floor.complete_seconds.is_some()) {
+            spread(floors.iter().filter_map(|floor| floor.complete_seconds).collect(), 1)
+        } else {
+            let counts: Vec<String> = floors.iter().map(|floor| floor.complete.to_string()).collect();
+            format!("not all complete ({} of {} per run)", counts.join(", "), args.data_apis)
+        };
+        rows.push([
+            "floor: no operator, children applied with the objects, s to all rollouts complete".to_owned(),
+            cell,
+            String::new(),
+            String::new(),
+        ]);
+        rows.push([
+            "floor: its applies, s".to_owned(),
+            spread(floors.iter().map(|floor| floor.apply_seconds).collect(), 1),
+            String::new(),
+            String::new(),
+        ]);
+    }
     let mut out = format!(
         "operator: {} run(s), {} DataApis with 2 ApiRoles each (one generated API key per role), one DSN Secret; \
-         --resync-seconds {}; {} applies in flight; cells are the median (min–max) when there are several runs; \
+         --resync-seconds {}{}; {} applies in flight; cells are the median (min–max) when there are several runs; \
          marks use the median\n\n",
         runs.len(),
         args.data_apis,
         args.resync_seconds,
+        args.operator_args
+            .iter()
+            .map(|arg| format!(" {arg}"))
+            .collect::<String>(),
         args.apply_concurrency
     );
     out.push_str(&table(["figure", "measured", "target", "mark"], &rows));

@@ -1,6 +1,7 @@
 //! One measured run on a fresh control plane: a `sluice-operator` process under its own
 //! ServiceAccount, the objects applied, readiness polled, then a no-op resync observed.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,8 +12,9 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Client;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use serde_yaml::Value as Yaml;
 use sluice_crds::DataApi;
@@ -27,9 +29,9 @@ use crate::objects;
 /// The operator's ServiceAccount; its writes are the ones counted.
 const OPERATOR_ACCOUNT: &str = "sluice-operator";
 /// The field manager of the benchmark's own applies.
-const BENCH_MANAGER: &str = "sluice-bench";
-/// How often readiness is polled (one list of the DataApis each time).
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const BENCH_MANAGER: &str = "sluice-bench";
+/// How often the count of Ready DataApis is printed while waiting: the curve shows where time goes.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// Added to the resync period when observing it, for the last reconciles' requests to finish.
 const RESYNC_MARGIN: Duration = Duration::from_secs(10);
 
@@ -46,6 +48,8 @@ pub struct Settings {
     pub apply_concurrency: usize,
     /// How long to wait for every DataApi to become Ready.
     pub timeout: Duration,
+    /// More arguments for the operator.
+    pub operator_args: Vec<String>,
 }
 
 /// The figures of one run.
@@ -83,15 +87,17 @@ pub async fn run(settings: &Settings, log_dir: &Path) -> Result<Figures> {
     let audit_log = control_plane.audit_log_path();
 
     let metrics_address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut operator_args = vec![
+        "--leader-election=false".to_owned(),
+        format!("--namespace={namespace}"),
+        format!("--resync-seconds={}", settings.resync.as_secs()),
+        format!("--metrics-address={metrics_address}"),
+    ];
+    operator_args.extend(settings.operator_args.iter().cloned());
     let mut operator = Process::start(
         "sluice-operator",
         &settings.operator,
-        &[
-            "--leader-election=false".to_owned(),
-            format!("--namespace={namespace}"),
-            format!("--resync-seconds={}", settings.resync.as_secs()),
-            format!("--metrics-address={metrics_address}"),
-        ],
+        &operator_args,
         &[("KUBECONFIG".to_owned(), kubeconfig.display().to_string())],
     );
     operator
@@ -110,17 +116,7 @@ pub async fn run(settings: &Settings, log_dir: &Path) -> Result<Figures> {
     );
 
     let apis: Api<DataApi> = Api::namespaced(client.clone(), &namespace);
-    let mut ready = 0;
-    let mut ready_seconds = None;
-    while started.elapsed() < settings.timeout {
-        operator.assert_running();
-        ready = count_ready(&apis).await?;
-        if ready >= settings.data_apis {
-            ready_seconds = Some(started.elapsed().as_secs_f64());
-            break;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    let (ready, ready_seconds) = wait_until_ready(&apis, settings, started, &mut operator).await?;
     let converged = audit::position(&audit_log)?;
     let converge_cpu_seconds = cpu_seconds(operator.id())? - cpu_before;
     let converge_writes = audit::writes_between(&audit_log, &username, from, converged)?;
@@ -242,30 +238,66 @@ async fn apply_objects(client: &Client, namespace: &str, settings: &Settings) ->
         .await
 }
 
-fn dynamic(client: &Client, namespace: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+pub fn dynamic(client: &Client, namespace: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
     let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("sluice.dev", "v1alpha1", kind), plural);
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
-/// DataApis whose Ready condition is True for their current generation.
-async fn count_ready(apis: &Api<DataApi>) -> Result<usize> {
-    let list = apis
-        .list(&ListParams::default())
-        .await
-        .context("cannot list the DataApis")?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|api| {
-            api.status.as_ref().is_some_and(|status| {
-                status.conditions.iter().any(|condition| {
-                    condition.type_ == "Ready"
-                        && condition.status == "True"
-                        && condition.observed_generation == api.metadata.generation
-                })
-            })
+/// Watches the DataApis until all `settings.data_apis` are Ready, or until the timeout; returns
+/// how many were Ready and, if all were, the seconds since `started`. A watch, not a list a
+/// second: a list decodes every DataApi each time, which would take CPU from the control plane
+/// being measured.
+async fn wait_until_ready(
+    apis: &Api<DataApi>,
+    settings: &Settings,
+    started: Instant,
+    operator: &mut Process,
+) -> Result<(usize, Option<f64>)> {
+    let changes = watcher(apis.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    let mut changes = std::pin::pin!(changes);
+    let mut ready = HashSet::new();
+    let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
+    let deadline = tokio::time::Instant::from_std(started + settings.timeout);
+    loop {
+        tokio::select! {
+            change = changes.try_next() => {
+                let api = change
+                    .context("the watch of the DataApis failed")?
+                    .context("the watch of the DataApis ended")?;
+                if is_ready(&api) {
+                    ready.insert(api.metadata.name.unwrap_or_default());
+                } else if let Some(name) = &api.metadata.name {
+                    ready.remove(name);
+                }
+                if ready.len() >= settings.data_apis {
+                    return Ok((ready.len(), Some(started.elapsed().as_secs_f64())));
+                }
+            }
+            _ = ticks.tick() => {
+                operator.assert_running();
+                eprintln!(
+                    "bench-operator: {} of {} DataApis Ready after {:.0}s",
+                    ready.len(),
+                    settings.data_apis,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            () = tokio::time::sleep_until(deadline) => return Ok((ready.len(), None)),
+        }
+    }
+}
+
+/// Whether `api`'s Ready condition is True for its current generation.
+fn is_ready(api: &DataApi) -> bool {
+    api.status.as_ref().is_some_and(|status| {
+        status.conditions.iter().any(|condition| {
+            condition.type_ == "Ready"
+                && condition.status == "True"
+                && condition.observed_generation == api.metadata.generation
         })
-        .count())
+    })
 }
 
 /// The operator's reconciles so far, DataApi and ApiRole together, from its `/metrics`.

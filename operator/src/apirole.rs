@@ -65,7 +65,9 @@ pub async fn reconcile(role: Arc<ApiRole>, ctx: Arc<Context>) -> Result<Action, 
             }
         }
     }
-    if !ctx.revoked_at_current_generation(&role) {
+    // Keys leave a role only through a spec change: a role still at its first generation has
+    // none to revoke, and looking would mean going through every Secret for each new role.
+    if role.meta().generation != Some(1) && !ctx.revoked_at_current_generation(&role) {
         revoke_removed_keys(&secrets, &role, &ctx).await?;
         ctx.revoked(&role);
     }

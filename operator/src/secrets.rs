@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
@@ -59,11 +60,19 @@ pub enum Found {
     Value(ValueDigests),
 }
 
+/// How long a version read (or created) stays remembered while the watch has not shown its
+/// Secret: the operator remembers a key Secret it creates before the watch brings it.
+const UNWATCHED_GRACE: Duration = Duration::from_secs(60);
+/// Versions of Secrets no longer watched that may pile up before they are forgotten; forgetting
+/// goes through every version, so it runs once per this many more rather than on every read.
+const FORGET_EVERY: usize = 256;
+
 /// The digests of every value of one version of a Secret.
 #[derive(Debug)]
 struct ReadVersion {
     resource_version: Option<String>,
     values: BTreeMap<String, ValueDigests>,
+    read_at: Instant,
 }
 
 impl ReadVersion {
@@ -84,6 +93,7 @@ impl ReadVersion {
                 .chain(data)
                 .map(|(key, value)| (key.clone(), ValueDigests::of(value)))
                 .collect(),
+            read_at: Instant::now(),
         }
     }
 
@@ -150,9 +160,12 @@ impl SecretDigests {
 
     fn record(&self, reference: SecretRef, read: ReadVersion) {
         let mut versions = self.read.lock().expect("the Secret digests are never poisoned");
-        // Deleted Secrets are forgotten once the record outgrows the Secrets that exist.
-        if versions.len() > self.metadata.len() {
-            versions.retain(|reference, _| self.metadata.get(reference).is_some());
+        // Deleted Secrets are forgotten once the record outgrows the Secrets that exist; a
+        // Secret just created may not be watched yet, and is kept.
+        if versions.len() > self.metadata.len() + FORGET_EVERY {
+            versions.retain(|reference, read| {
+                self.metadata.get(reference).is_some() || read.read_at.elapsed() < UNWATCHED_GRACE
+            });
         }
         versions.insert(reference, read);
     }
@@ -250,5 +263,32 @@ mod tests {
         watched(&mut writer, &secret("8", &[("url", "postgres://b")]));
         let read = digests.lookup("team-a", "db", "url").await;
         assert!(read.is_err(), "version 8 must be read from the API server: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn secrets_created_faster_than_the_watch_shows_them_stay_remembered() {
+        let (digests, mut writer) = digests_without_api_server();
+        let created: Vec<Secret> = (0..2 * FORGET_EVERY)
+            .map(|index| {
+                let mut created = secret("1", &[("api-key", "sluice_abc")]);
+                created.metadata.name = Some(format!("key-{index}"));
+                created
+            })
+            .collect();
+        for secret in &created {
+            digests.remember(secret);
+        }
+        for secret in &created {
+            watched(&mut writer, secret);
+        }
+
+        for secret in &created {
+            let name = secret.metadata.name.as_deref().unwrap_or_default();
+            let found = digests.lookup("team-a", name, "api-key").await;
+            assert!(
+                matches!(found, Ok(Found::Value(_))),
+                "{name} was forgotten before the watch showed it: {found:?}"
+            );
+        }
     }
 }

@@ -306,57 +306,73 @@ async fn key_hashes(ctx: &Context, namespace: &str, roles: &[ApiRole]) -> Result
 
 /// Applies the config Secret, Deployment, Service and PodDisruptionBudget, each unless it is
 /// already as last applied (see [`crate::applied`]); returns the Deployment's rollout state as
-/// the API server reports it.
+/// the API server reports it. The children do not depend on one another (pods wait for their
+/// config Secret to appear), so they are applied at once: a reconcile takes one round trip to
+/// the API server for them, not four.
 async fn apply_children(api: &DataApi, ctx: &Context, namespace: &str, plan: &Plan) -> Result<Rollout, Error> {
     let names = ChildNames::for_data_api(&api.name_any());
     let owner = ObjectRef::from(api);
     let client = &ctx.client;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let live = ctx.secrets.metadata(namespace, &names.config_secret);
-    let config = resources::config_secret(api, &plan.config);
-    let live = live.as_ref().map(|secret| &secret.metadata);
-    apply_unless_current(ctx, &owner, &secrets, &names.config_secret, &config, live).await?;
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let existing = ctx.deployments.get(&child(namespace, &names.workload));
-    let existing = existing.as_deref();
-    let desired = resources::deployment(api, &plan.inputs);
-    let live = existing.as_ref().map(|deployment| &deployment.metadata);
-    let rollout = match apply_unless_current(ctx, &owner, &deployments, &names.workload, &desired, live).await? {
-        Some(applied) => {
-            announce_rollout(api, ctx, existing, &desired).await;
-            Rollout::of(&applied)
-        }
-        None => Rollout::of(existing.expect("an apply is skipped only for an existing Deployment")),
+    let config_secret = async {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let live = ctx.secrets.metadata(namespace, &names.config_secret);
+        let config = resources::config_secret(api, &plan.config);
+        let live = live.as_ref().map(|secret| &secret.metadata);
+        apply_unless_current(ctx, &owner, &secrets, &names.config_secret, &config, live).await
     };
 
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let live = ctx.services.get(&child(namespace, &names.workload));
-    let live = live.as_ref().map(|service| &service.metadata);
-    apply_unless_current(ctx, &owner, &services, &names.workload, &resources::service(api), live).await?;
+    let deployment = async {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+        let existing = ctx.deployments.get(&child(namespace, &names.workload));
+        let existing = existing.as_deref();
+        let desired = resources::deployment(api, &plan.inputs);
+        let live = existing.as_ref().map(|deployment| &deployment.metadata);
+        Ok(
+            match apply_unless_current(ctx, &owner, &deployments, &names.workload, &desired, live).await? {
+                Some(applied) => {
+                    announce_rollout(api, ctx, existing, &desired).await;
+                    Rollout::of(&applied)
+                }
+                None => Rollout::of(existing.expect("an apply is skipped only for an existing Deployment")),
+            },
+        )
+    };
 
-    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
-    let live = ctx.budgets.get(&child(namespace, &names.workload));
-    match (resources::disruption_budget(api), live) {
-        (Some(budget), live) => {
-            let live = live.as_ref().map(|budget| &budget.metadata);
-            apply_unless_current(ctx, &owner, &budgets, &names.workload, &budget, live).await?;
-        }
-        (None, Some(_)) => {
-            let deleted = budgets.delete(&names.workload, &DeleteParams::default()).await;
-            match deleted {
-                Ok(_) => info!("deleted the PodDisruptionBudget: one replica cannot tolerate a disruption budget"),
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => {
-                    return Err(Error::Kube {
-                        action: format!("deleting PodDisruptionBudget {namespace}/{}", names.workload),
-                        source,
-                    });
+    let service = async {
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let live = ctx.services.get(&child(namespace, &names.workload));
+        let live = live.as_ref().map(|service| &service.metadata);
+        apply_unless_current(ctx, &owner, &services, &names.workload, &resources::service(api), live).await
+    };
+
+    let budget = async {
+        let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+        let live = ctx.budgets.get(&child(namespace, &names.workload));
+        match (resources::disruption_budget(api), live) {
+            (Some(budget), live) => {
+                let live = live.as_ref().map(|budget| &budget.metadata);
+                apply_unless_current(ctx, &owner, &budgets, &names.workload, &budget, live).await?;
+            }
+            (None, Some(_)) => {
+                let deleted = budgets.delete(&names.workload, &DeleteParams::default()).await;
+                match deleted {
+                    Ok(_) => info!("deleted the PodDisruptionBudget: one replica cannot tolerate a disruption budget"),
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(source) => {
+                        return Err(Error::Kube {
+                            action: format!("deleting PodDisruptionBudget {namespace}/{}", names.workload),
+                            source,
+                        });
+                    }
                 }
             }
+            (None, None) => {}
         }
-        (None, None) => {}
-    }
+        Ok(())
+    };
+
+    let (_, rollout, _, ()) = futures::try_join!(config_secret, deployment, service, budget)?;
     Ok(rollout)
 }
 

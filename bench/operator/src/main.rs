@@ -205,6 +205,32 @@ fn report(args: &Args, runs: &[Figures], floors: &[FloorFigures]) -> String {
             String::new(),
         ],
         [
+            "reconciles while converging, DataApi + ApiRole".to_owned(),
+            format!(
+                "{} + {}",
+                spread(
+                    runs.iter().map(|run| run.converge_reconciles.data_api as f64).collect(),
+                    0
+                ),
+                spread(
+                    runs.iter().map(|run| run.converge_reconciles.api_role as f64).collect(),
+                    0
+                )
+            ),
+            String::new(),
+            String::new(),
+        ],
+        [
+            "mean reconcile while converging, ms, DataApi + ApiRole".to_owned(),
+            format!(
+                "{} + {}",
+                spread(runs.iter().map(|run| run.converge_reconciles.mean_ms().0).collect(), 0),
+                spread(runs.iter().map(|run| run.converge_reconciles.mean_ms().1).collect(), 0)
+            ),
+            String::new(),
+            String::new(),
+        ],
+        [
             "reconciles during the resync period".to_owned(),
             spread(runs.iter().map(|run| run.resync_reconciles as f64).collect(), 0),
             String::new(),

@@ -71,6 +71,8 @@ pub struct Figures {
     pub resync_writes: Writes,
     /// Its reconciles over that period (DataApi and ApiRole): shows the resync happened.
     pub resync_reconciles: u64,
+    /// Its reconciles from the first apply until every DataApi was Ready.
+    pub converge_reconciles: Reconciles,
     /// Its CPU time (user + system) until every DataApi was Ready, in seconds.
     pub converge_cpu_seconds: f64,
 }
@@ -107,6 +109,7 @@ pub async fn run(settings: &Settings, log_dir: &Path) -> Result<Figures> {
     let started = Instant::now();
     let from = audit::position(&audit_log)?;
     let cpu_before = cpu_seconds(operator.id())?;
+    let reconciles_at_start = reconciles_by_controller(metrics_address).await?;
     apply_objects(&client, &namespace, settings).await?;
     let apply_seconds = started.elapsed().as_secs_f64();
     eprintln!(
@@ -119,6 +122,7 @@ pub async fn run(settings: &Settings, log_dir: &Path) -> Result<Figures> {
     let (ready, ready_seconds) = wait_until_ready(&apis, settings, started, &mut operator).await?;
     let converged = audit::position(&audit_log)?;
     let converge_cpu_seconds = cpu_seconds(operator.id())? - cpu_before;
+    let converge_reconciles = reconciles_by_controller(metrics_address).await? - reconciles_at_start;
     let converge_writes = audit::writes_between(&audit_log, &username, from, converged)?;
     match ready_seconds {
         Some(seconds) => eprintln!("bench-operator: {ready} DataApis Ready after {seconds:.1}s"),
@@ -148,6 +152,7 @@ pub async fn run(settings: &Settings, log_dir: &Path) -> Result<Figures> {
         converge_writes,
         resync_writes,
         resync_reconciles,
+        converge_reconciles,
         converge_cpu_seconds,
     })
 }
@@ -302,6 +307,49 @@ fn is_ready(api: &DataApi) -> bool {
 
 /// The operator's reconciles so far, DataApi and ApiRole together, from its `/metrics`.
 async fn reconciles(address: SocketAddr) -> Result<u64> {
+    let by_controller = reconciles_by_controller(address).await?;
+    Ok(by_controller.data_api + by_controller.api_role)
+}
+
+/// Reconciles of each controller, and the seconds they took together.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Reconciles {
+    /// Of DataApis.
+    pub data_api: u64,
+    /// Of ApiRoles.
+    pub api_role: u64,
+    /// Seconds the DataApi reconciles took, summed.
+    pub data_api_seconds: f64,
+    /// Seconds the ApiRole reconciles took, summed.
+    pub api_role_seconds: f64,
+}
+
+impl std::ops::Sub for Reconciles {
+    type Output = Self;
+
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            data_api: self.data_api.saturating_sub(earlier.data_api),
+            api_role: self.api_role.saturating_sub(earlier.api_role),
+            data_api_seconds: self.data_api_seconds - earlier.data_api_seconds,
+            api_role_seconds: self.api_role_seconds - earlier.api_role_seconds,
+        }
+    }
+}
+
+impl Reconciles {
+    /// Mean milliseconds of a DataApi and of an ApiRole reconcile.
+    pub fn mean_ms(&self) -> (f64, f64) {
+        let mean = |seconds: f64, count: u64| 1000.0 * seconds / count.max(1) as f64;
+        (
+            mean(self.data_api_seconds, self.data_api),
+            mean(self.api_role_seconds, self.api_role),
+        )
+    }
+}
+
+/// The operator's reconciles so far, by controller, from its `/metrics`.
+async fn reconciles_by_controller(address: SocketAddr) -> Result<Reconciles> {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .with_context(|| format!("cannot reach the operator's metrics at {address}"))?;
@@ -309,12 +357,19 @@ async fn reconciles(address: SocketAddr) -> Result<u64> {
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
-    let total = response
-        .lines()
-        .filter(|line| line.starts_with("sluice_operator_reconciles_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
-    Ok(total as u64)
+    let value = |metric: &str, controller: &str| {
+        let prefix = format!("sluice_operator_{metric}{{controller=\"{controller}\"}} ");
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(Reconciles {
+        data_api: value("reconciles_total", "DataApi") as u64,
+        api_role: value("reconciles_total", "ApiRole") as u64,
+        data_api_seconds: value("reconcile_duration_seconds_sum", "DataApi"),
+        api_role_seconds: value("reconcile_duration_seconds_sum", "ApiRole"),
+    })
 }
 
 /// `VmHWM` and `VmRSS` of process `pid`, in MiB.

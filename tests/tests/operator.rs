@@ -241,6 +241,33 @@ async fn a_data_api_with_two_roles_becomes_ready_with_its_children() {
     assert_eq!(role.key_secrets, ["analyst-key-dashboard"]);
 }
 
+/// The DataApi `name` as a watch sees it, change by change; `watching` fires once the watch is
+/// established, so no later write can be missed.
+fn data_api_states(
+    apis: Api<DataApi>,
+    name: &str,
+    watching: tokio::sync::oneshot::Sender<()>,
+) -> impl futures::Stream<Item = DataApi> {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut watching = Some(watching);
+    watcher(apis, config).filter_map(move |event| {
+        let api = match event.expect("the DataApi watch works") {
+            watcher::Event::InitDone => {
+                if let Some(watching) = watching.take() {
+                    let _ = watching.send(());
+                }
+                None
+            }
+            watcher::Event::Apply(api) | watcher::Event::InitApply(api) => Some(api),
+            watcher::Event::Init | watcher::Event::Delete(_) => None,
+        };
+        futures::future::ready(api)
+    })
+}
+
 /// Every distinct `(ConfigValid, Progressing, Ready)` status triple a watch sees on DataApi `name`,
 /// in order, until `Ready=True` for the current generation. `watching` fires once the watch is
 /// established, so no later write can be missed.
@@ -250,24 +277,11 @@ async fn condition_walk(
     watching: tokio::sync::oneshot::Sender<()>,
 ) -> Vec<(String, String, String)> {
     use futures::StreamExt;
-    use kube::runtime::watcher;
 
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = std::pin::pin!(watcher(apis, config));
-    let mut watching = Some(watching);
+    let mut states = std::pin::pin!(data_api_states(apis, &name, watching));
     let mut walk: Vec<(String, String, String)> = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, stream.next()).await {
-        let api = match event.expect("the DataApi watch works") {
-            watcher::Event::InitDone => {
-                if let Some(watching) = watching.take() {
-                    let _ = watching.send(());
-                }
-                continue;
-            }
-            watcher::Event::Apply(api) | watcher::Event::InitApply(api) => api,
-            watcher::Event::Init | watcher::Event::Delete(_) => continue,
-        };
+    while let Ok(Some(api)) = tokio::time::timeout_at(deadline, states.next()).await {
         let status_of = |type_: &str| condition(&api, type_).map(|c| c.status.clone()).unwrap_or_default();
         let step = (
             status_of(status::CONFIG_VALID),
@@ -320,22 +334,9 @@ async fn record_statuses(
     seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 ) {
     use futures::StreamExt;
-    use kube::runtime::watcher;
 
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = std::pin::pin!(watcher(apis, config));
-    let mut watching = Some(watching);
-    while let Some(event) = stream.next().await {
-        let api = match event.expect("the DataApi watch works") {
-            watcher::Event::InitDone => {
-                if let Some(watching) = watching.take() {
-                    let _ = watching.send(());
-                }
-                continue;
-            }
-            watcher::Event::Apply(api) | watcher::Event::InitApply(api) => api,
-            watcher::Event::Init | watcher::Event::Delete(_) => continue,
-        };
+    let mut states = std::pin::pin!(data_api_states(apis, &name, watching));
+    while let Some(api) = states.next().await {
         let config_valid = condition(&api, status::CONFIG_VALID).map(|c| c.reason.clone());
         let ready = condition(&api, status::READY).map(|c| c.status.clone());
         seen.lock()

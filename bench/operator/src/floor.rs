@@ -5,7 +5,6 @@
 //! waits for. What the control plane needs for this much work is a time no operator can beat on
 //! the same machine; the operator's figure less this one is what the operator adds.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -14,7 +13,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde::{Deserialize, Serialize};
 use sluice_crds::{ApiRole, DataApi, KeyHashes, resolve};
 use sluice_operator::context::FIELD_MANAGER;
@@ -24,7 +22,7 @@ use sluice_tests::controlplane::ControlPlane;
 use sluice_tests::crds::install_crds;
 
 use crate::objects;
-use crate::run::{BENCH_MANAGER, PROGRESS_INTERVAL, dynamic};
+use crate::run::{BENCH_MANAGER, dynamic, watch_until_done};
 
 /// The figures of one floor run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,43 +60,19 @@ pub async fn run(data_apis: usize, apply_concurrency: usize, timeout: Duration) 
     eprintln!("bench-operator floor: applied {data_apis} DataApis with their children in {apply_seconds:.1}s");
 
     let deployments: Api<Deployment> = Api::namespaced(client, &namespace);
-    let changes = watcher(deployments, watcher::Config::default())
-        .default_backoff()
-        .applied_objects();
-    let mut changes = std::pin::pin!(changes);
-    let mut complete = HashSet::new();
-    let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
-    let deadline = tokio::time::Instant::from_std(started + timeout);
-    loop {
-        tokio::select! {
-            change = changes.try_next() => {
-                let deployment = change
-                    .context("the watch of the Deployments failed")?
-                    .context("the watch of the Deployments ended")?;
-                let name = deployment.metadata.name.clone().unwrap_or_default();
-                if Rollout::of(&deployment).complete() {
-                    complete.insert(name);
-                } else {
-                    complete.remove(&name);
-                }
-                if complete.len() >= data_apis {
-                    return Ok(FloorFigures {
-                        complete_seconds: Some(started.elapsed().as_secs_f64()),
-                        complete: complete.len(),
-                        apply_seconds,
-                    });
-                }
-            }
-            _ = ticks.tick() => eprintln!(
-                "bench-operator floor: {} of {data_apis} Deployments complete after {:.0}s",
-                complete.len(),
-                started.elapsed().as_secs_f64()
-            ),
-            () = tokio::time::sleep_until(deadline) => {
-                return Ok(FloorFigures { complete_seconds: None, complete: complete.len(), apply_seconds });
-            }
-        }
-    }
+    let rolled_out = |deployment: &Deployment| Rollout::of(deployment).complete();
+    let (complete, all) = watch_until_done(deployments, data_apis, rolled_out, started + timeout, |complete| {
+        eprintln!(
+            "bench-operator floor: {complete} of {data_apis} Deployments complete after {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+    })
+    .await?;
+    Ok(FloorFigures {
+        complete_seconds: all.then(|| started.elapsed().as_secs_f64()),
+        complete,
+        apply_seconds,
+    })
 }
 
 /// Applies the `index`-th DataApi's roles and the DataApi as the benchmark does, then the
@@ -139,26 +113,36 @@ async fn apply_with_children(client: &Client, namespace: &str, index: usize) -> 
         ..PodInputs::default()
     };
     let names = ChildNames::for_data_api(&name);
-    let operator = PatchParams::apply(FIELD_MANAGER).force();
-    Api::<Secret>::namespaced(client.clone(), namespace)
-        .patch(
-            &names.config_secret,
-            &operator,
-            &Patch::Apply(&resources::config_secret(&api, &config)),
-        )
+    apply_as_operator::<Secret>(
+        client,
+        namespace,
+        &names.config_secret,
+        &resources::config_secret(&api, &config),
+    )
+    .await?;
+    apply_as_operator::<Deployment>(
+        client,
+        namespace,
+        &names.workload,
+        &resources::deployment(&api, &inputs),
+    )
+    .await?;
+    apply_as_operator::<Service>(client, namespace, &names.workload, &resources::service(&api)).await?;
+    Ok(())
+}
+
+/// Server-side applies `object` with the operator's field manager, as the operator would.
+async fn apply_as_operator<K>(client: &Client, namespace: &str, name: &str, object: &K) -> Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
         .await
-        .with_context(|| format!("cannot apply {}", names.config_secret))?;
-    Api::<Deployment>::namespaced(client.clone(), namespace)
-        .patch(
-            &names.workload,
-            &operator,
-            &Patch::Apply(&resources::deployment(&api, &inputs)),
-        )
-        .await
-        .with_context(|| format!("cannot apply Deployment {}", names.workload))?;
-    Api::<Service>::namespaced(client.clone(), namespace)
-        .patch(&names.workload, &operator, &Patch::Apply(&resources::service(&api)))
-        .await
-        .with_context(|| format!("cannot apply Service {}", names.workload))?;
+        .with_context(|| format!("cannot apply {} {name}", K::kind(&())))?;
     Ok(())
 }

@@ -258,38 +258,63 @@ async fn wait_until_ready(
     started: Instant,
     operator: &mut Process,
 ) -> Result<(usize, Option<f64>)> {
-    let changes = watcher(apis.clone(), watcher::Config::default())
+    watch_until_done(
+        apis.clone(),
+        settings.data_apis,
+        is_ready,
+        started + settings.timeout,
+        |ready| {
+            operator.assert_running();
+            eprintln!(
+                "bench-operator: {ready} of {} DataApis Ready after {:.0}s",
+                settings.data_apis,
+                started.elapsed().as_secs_f64()
+            );
+        },
+    )
+    .await
+    .map(|(ready, all)| (ready, all.then(|| started.elapsed().as_secs_f64())))
+}
+
+/// Watches the objects of `api` until `wanted` of them are `done`, or until `deadline`, calling
+/// `progress` with the count every [`PROGRESS_INTERVAL`]; returns the count and whether it
+/// reached `wanted`.
+pub async fn watch_until_done<K>(
+    api: Api<K>,
+    wanted: usize,
+    done: impl Fn(&K) -> bool,
+    deadline: Instant,
+    mut progress: impl FnMut(usize),
+) -> Result<(usize, bool)>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let kind = K::kind(&()).into_owned();
+    let changes = watcher(api, watcher::Config::default())
         .default_backoff()
         .applied_objects();
     let mut changes = std::pin::pin!(changes);
-    let mut ready = HashSet::new();
+    let mut finished = HashSet::new();
     let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
-    let deadline = tokio::time::Instant::from_std(started + settings.timeout);
+    let deadline = tokio::time::Instant::from_std(deadline);
     loop {
         tokio::select! {
             change = changes.try_next() => {
-                let api = change
-                    .context("the watch of the DataApis failed")?
-                    .context("the watch of the DataApis ended")?;
-                if is_ready(&api) {
-                    ready.insert(api.metadata.name.unwrap_or_default());
-                } else if let Some(name) = &api.metadata.name {
-                    ready.remove(name);
+                let object = change
+                    .with_context(|| format!("the watch of the {kind}s failed"))?
+                    .with_context(|| format!("the watch of the {kind}s ended"))?;
+                let name = object.meta().name.clone().unwrap_or_default();
+                if done(&object) {
+                    finished.insert(name);
+                } else {
+                    finished.remove(&name);
                 }
-                if ready.len() >= settings.data_apis {
-                    return Ok((ready.len(), Some(started.elapsed().as_secs_f64())));
+                if finished.len() >= wanted {
+                    return Ok((finished.len(), true));
                 }
             }
-            _ = ticks.tick() => {
-                operator.assert_running();
-                eprintln!(
-                    "bench-operator: {} of {} DataApis Ready after {:.0}s",
-                    ready.len(),
-                    settings.data_apis,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            () = tokio::time::sleep_until(deadline) => return Ok((ready.len(), None)),
+            _ = ticks.tick() => progress(finished.len()),
+            () = tokio::time::sleep_until(deadline) => return Ok((finished.len(), false)),
         }
     }
 }

@@ -264,7 +264,7 @@ fn bind_sqlite<'q>(
 /// its members, else the statement's first column holds it.
 fn postgres_row_text(row: &PgRow, statement: &Statement) -> Result<Option<String>, sqlx::Error> {
     let Some(members) = &statement.members else {
-        return row.try_get(0);
+        return first_text(row, statement);
     };
     render::row(members, member_values(row, members)?)
         .map(Some)
@@ -297,10 +297,7 @@ fn member_values<'r>(
 /// its own.
 fn postgres_row_into(rows: &mut RowsBuilder, row: &PgRow, statement: &Statement) -> Result<(), sqlx::Error> {
     let Some(members) = &statement.members else {
-        if let Some(text) = row.try_get::<Option<&str>, _>(0)? {
-            rows.push(text);
-        }
-        return Ok(());
+        return first_text_into(rows, row, statement);
     };
     let values = member_values(row, members)?;
     rows.push_rendered(|out| render::row_into(out, members, values))

@@ -940,6 +940,16 @@ async fn writes_meeting_a_locked_sqlite_file_are_503_database_busy() {
     }
     other.execute("ROLLBACK").await.expect("the other process lets go");
     for (name, key, path) in writes {
+        let read = api.call_as(Some(key), "GET", path, &[], None).await;
+        assert_eq!(read.status, 200, "{name}: {}", read.body);
+        assert_eq!(read.json().as_array().map(Vec::len), Some(1), "{name}: {}", read.body);
+        assert_ne!(
+            read.json()[0]["name"],
+            "Locked",
+            "{name}: the refused write was applied"
+        );
+    }
+    for (name, key, path) in writes {
         let reply = api
             .call_as(Some(key), "PATCH", path, &[REPRESENTATION], Some(r#"{"name":"Free"}"#))
             .await;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::audit::Writes;
@@ -108,19 +109,21 @@ fn one_run(args: &Args) -> Result<()> {
         operator_args: args.operator_args.clone(),
     };
     std::fs::create_dir_all(&args.work_dir).with_context(|| format!("cannot create {}", args.work_dir.display()))?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
-    let figures = runtime.block_on(run::run(&settings, &args.work_dir))?;
-    println!("{}", serde_json::to_string(&figures)?);
-    Ok(())
+    print_figures(run::run(&settings, &args.work_dir))
 }
 
 fn one_floor_run(args: &Args) -> Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
-    let figures = runtime.block_on(floor::run(
+    print_figures(floor::run(
         args.data_apis,
         args.apply_concurrency.max(1),
         Duration::from_secs(args.timeout_seconds),
-    ))?;
+    ))
+}
+
+/// Measures once, then prints the figures as the JSON line the parent reads.
+fn print_figures<T: Serialize>(measure: impl Future<Output = Result<T>>) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
+    let figures = runtime.block_on(measure)?;
     println!("{}", serde_json::to_string(&figures)?);
     Ok(())
 }
@@ -179,7 +182,7 @@ fn report(args: &Args, runs: &[Figures], floors: &[FloorFigures]) -> String {
     let peak = median(runs.iter().map(|run| run.peak_rss_mib).collect());
     let resync_writes = median(runs.iter().map(|run| run.resync_writes.total as f64).collect());
     let mark = |pass: bool| if pass { "PASS" } else { "FAIL" };
-    let rows = [
+    let mut rows = vec![
         [
             format!("{} DataApis Ready, s from the first apply", args.data_apis),
             ready_cell,
@@ -255,7 +258,6 @@ fn report(args: &Args, runs: &[Figures], floors: &[FloorFigures]) -> String {
             String::new(),
         ],
     ];
-    let mut rows = rows.to_vec();
     if !floors.is_empty() {
         let cell = if floors.iter().all(|floor| floor.complete_seconds.is_some()) {
             spread(floors.iter().filter_map(|floor| floor.complete_seconds).collect(), 1)

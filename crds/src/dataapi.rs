@@ -152,6 +152,13 @@ pub struct PoolSpec {
     #[serde(default = "default_statement_timeout_ms")]
     #[schemars(range(min = 1, max = 3_600_000))]
     pub statement_timeout_ms: u32,
+    /// PostgreSQL reads of the same shape that arrive together share one statement, which runs
+    /// them one after another, while that statement would take at most this long, in
+    /// milliseconds: it bounds what sharing may add to a read's latency, so slower reads run
+    /// alone, in parallel. 0 sends every read alone.
+    #[serde(default = "default_read_batch_ms")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub read_batch_ms: u32,
 }
 
 fn default_max_connections() -> u32 {
@@ -163,6 +170,9 @@ fn default_acquire_timeout_ms() -> u32 {
 fn default_statement_timeout_ms() -> u32 {
     10_000
 }
+fn default_read_batch_ms() -> u32 {
+    2
+}
 
 impl Default for PoolSpec {
     fn default() -> Self {
@@ -171,6 +181,7 @@ impl Default for PoolSpec {
             min_connections: 0,
             acquire_timeout_ms: default_acquire_timeout_ms(),
             statement_timeout_ms: default_statement_timeout_ms(),
+            read_batch_ms: default_read_batch_ms(),
         }
     }
 }

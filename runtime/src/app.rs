@@ -189,10 +189,14 @@ pub struct App {
 /// Fails when the config's JWT settings cannot be used (a missing or short secret).
 pub fn build_app(config: RuntimeConfig, database: Database, audit: AuditLog) -> Result<App, JwtSetupError> {
     let live = Live::compile(config, &audit, None)?;
+    let metrics = match database.read_batch_counters() {
+        Some(counters) => Metrics::default().with_read_batches(counters),
+        None => Metrics::default(),
+    };
     let state = Arc::new(AppState {
         live: RwLock::new(Arc::new(live)),
         database,
-        metrics: Metrics::default(),
+        metrics,
         limiter: RateLimiter::new(),
         audit,
         schema: RwLock::new(None),

@@ -9,6 +9,7 @@
 //! the reader pool opens one more, which health checks and schema loads use while every other
 //! reader connection is parked (see [`Parking`]).
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +24,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use sqlx::{AssertSqlSafe, Connection, Executor, MySql, Postgres, Row, Sqlite, Transaction, ValueRef};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::batch::{BatchCounters, Member, ReadBatches};
 use crate::error::ApiError;
 use crate::render;
 use crate::rows::{Rows, RowsBuilder};
@@ -47,6 +49,8 @@ pub struct Database {
     reader: Pool,
     writer: Pool,
     reads: Arc<Reads>,
+    /// PostgreSQL's open read batches; the other engines read alone.
+    batches: Option<Arc<ReadBatches>>,
 }
 
 /// The parked read connections of the reader pool, per engine.
@@ -210,9 +214,9 @@ pub enum Tx {
 }
 
 macro_rules! bind_all {
-    ($query:expr, $statement:expr, $bind_one:expr) => {{
+    ($query:expr, $binds:expr, $bind_one:expr) => {{
         let mut query = $query;
-        for value in &$statement.binds {
+        for value in $binds {
             query = $bind_one(query, value);
         }
         query
@@ -266,26 +270,27 @@ fn postgres_row_text(row: &PgRow, statement: &Statement) -> Result<Option<String
     let Some(members) = &statement.members else {
         return first_text(row, statement);
     };
-    render::row(members, member_values(row, members)?)
+    render::row(members, member_values(row, members, 0)?)
         .map(Some)
         .map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
 
-/// The binary values of a row's `members`, in order, `None` for NULL; an error when the row has
-/// fewer columns than members.
+/// The binary values of a row's `members`, in order from column `first`, `None` for NULL; an
+/// error when the row has fewer columns than that.
 fn member_values<'r>(
     row: &'r PgRow,
     members: &[render::Member],
+    first: usize,
 ) -> Result<impl Iterator<Item = Option<&'r [u8]>>, sqlx::Error> {
-    if row.len() < members.len() {
+    if row.len() < first + members.len() {
         return Err(sqlx::Error::ColumnIndexOutOfBounds {
-            index: members.len() - 1,
+            index: first + members.len() - 1,
             len: row.len(),
         });
     }
     // Every index is in bounds (checked above), and only NULL has no bytes: the values go to
     // the renderer as they are read, without a list per row.
-    Ok((0..members.len()).map(|index| {
+    Ok((first..first + members.len()).map(|index| {
         row.try_get_raw(index)
             .ok()
             .filter(|value| !value.is_null())
@@ -299,7 +304,7 @@ fn postgres_row_into(rows: &mut RowsBuilder, row: &PgRow, statement: &Statement)
     let Some(members) = &statement.members else {
         return first_text_into(rows, row, statement);
     };
-    let values = member_values(row, members)?;
+    let values = member_values(row, members, 0)?;
     rows.push_rendered(|out| render::row_into(out, members, values))
         .map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
@@ -327,7 +332,11 @@ where
 
 macro_rules! fetch_strings_on {
     ($executor:expr, $statement:expr, $bind:ident, $row_text:expr) => {{
-        let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
+        let query = bind_all!(
+            sqlx::query(AssertSqlSafe($statement.text.clone())),
+            &$statement.binds,
+            $bind
+        );
         let mut rows = query.fetch($executor);
         let mut values = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(ApiError::from_database)? {
@@ -337,14 +346,15 @@ macro_rules! fetch_strings_on {
     }};
 }
 
-/// Runs a read on a parked connection, or on a fresh one from the pool once when the parked one
-/// turns out to be closed: `$collect` starts what the rows are gathered into, `$add` adds each.
+/// Runs the read `$text` with `$binds` on a parked connection, or on a fresh one from the pool
+/// once when the parked one turns out to be closed: `$collect` starts what the rows are gathered
+/// into, `$add` adds each.
 macro_rules! fetch_parked {
-    ($parking:expr, $statement:expr, $bind:ident, $collect:expr, $add:expr) => {{
+    ($parking:expr, $text:expr, $binds:expr, $bind:expr, $statement:expr, $collect:expr, $add:expr) => {{
         let mut fresh = false;
         loop {
             let mut lease = $parking.lease(fresh).await?;
-            let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
+            let query = bind_all!(sqlx::query(AssertSqlSafe($text.clone())), $binds, $bind);
             let fetched: Result<_, sqlx::Error> = async {
                 let mut rows = query.fetch(&mut *lease.connection);
                 let mut values = $collect;
@@ -388,13 +398,51 @@ const ROW_BYTES_AHEAD: usize = 128;
 
 macro_rules! execute_on {
     ($executor:expr, $statement:expr, $bind:ident) => {{
-        let query = bind_all!(sqlx::query(AssertSqlSafe($statement.text.clone())), $statement, $bind);
+        let query = bind_all!(
+            sqlx::query(AssertSqlSafe($statement.text.clone())),
+            &$statement.binds,
+            $bind
+        );
         Ok(query
             .execute($executor)
             .await
             .map_err(ApiError::from_database)?
             .rows_affected())
     }};
+}
+
+/// A buffer for the rows of a read that expects `expected` rows at most.
+fn rows_for(expected: u64) -> RowsBuilder {
+    let expected = usize::try_from(expected).unwrap_or(usize::MAX).min(ROWS_SIZED_AHEAD);
+    RowsBuilder::with_capacity(expected, expected.saturating_mul(ROW_BYTES_AHEAD))
+}
+
+fn finish_rows(built: RowsBuilder) -> Result<Rows, ApiError> {
+    built
+        .finish()
+        .map_err(|_| ApiError::from_database(sqlx::Error::Decode(Box::new(render::RenderError::NotUtf8))))
+}
+
+fn bind_text_array<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    array: &'q Vec<Option<String>>,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query.bind(array)
+}
+
+/// Appends a batched read's row to its member's rows: the row's first column is the member's
+/// 1-based number, the rest are `statement`'s members.
+fn batched_row_into(pages: &mut [RowsBuilder], row: &PgRow, statement: &Statement) -> Result<(), sqlx::Error> {
+    let number: i64 = row.try_get(0)?;
+    let page = usize::try_from(number)
+        .ok()
+        .and_then(|number| number.checked_sub(1))
+        .and_then(|index| pages.get_mut(index))
+        .ok_or_else(|| sqlx::Error::Protocol(format!("a batched read returned a row of member {number}")))?;
+    let members = statement.members.as_deref().unwrap_or_default();
+    let values = member_values(row, members, 1)?;
+    page.push_rendered(|out| render::row_into(out, members, values))
+        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
 
 impl Database {
@@ -411,6 +459,8 @@ impl Database {
             reader,
             writer: Pool::connect(engine, url, pool, Access::ReadWrite)?,
             reads: Arc::new(reads),
+            batches: (engine == Engine::Postgres)
+                .then(|| Arc::new(ReadBatches::new(Duration::from_millis(u64::from(pool.read_batch_ms))))),
         })
     }
 
@@ -455,33 +505,132 @@ impl Database {
             Reads::Postgres(parking) => {
                 fetch_parked!(
                     parking,
-                    statement,
+                    statement.text,
+                    &statement.binds,
                     bind_postgres,
+                    statement,
                     Vec::new(),
                     push_text!(postgres_row_text)
                 )
             }
-            Reads::Mysql(parking) => fetch_parked!(parking, statement, bind_mysql, Vec::new(), push_text!(first_text)),
+            Reads::Mysql(parking) => fetch_parked!(
+                parking,
+                statement.text,
+                &statement.binds,
+                bind_mysql,
+                statement,
+                Vec::new(),
+                push_text!(first_text)
+            ),
             Reads::Sqlite(parking) => {
-                fetch_parked!(parking, statement, bind_sqlite, Vec::new(), push_text!(first_text))
+                fetch_parked!(
+                    parking,
+                    statement.text,
+                    &statement.binds,
+                    bind_sqlite,
+                    statement,
+                    Vec::new(),
+                    push_text!(first_text)
+                )
             }
         }
     }
 
     /// Runs the read `statement` on a read-only connection and gathers the JSON object text of
     /// each row (rows whose text is NULL are left out) into one buffer; `expected` rows at most
-    /// are expected, which sizes it.
+    /// are expected, which sizes it. On PostgreSQL, reads of the same text that arrive together
+    /// share one statement ([`crate::batch`]).
     pub async fn fetch_rows(&self, statement: &Statement, expected: u64) -> Result<Rows, ApiError> {
-        let expected = usize::try_from(expected).unwrap_or(usize::MAX).min(ROWS_SIZED_AHEAD);
-        let collect = || RowsBuilder::with_capacity(expected, expected.saturating_mul(ROW_BYTES_AHEAD));
+        match &self.batches {
+            // Bytes travel as bytea, not text, so they cannot go into a batch's text arrays.
+            Some(batches)
+                if statement.members.is_some()
+                    && !statement.binds.iter().any(|value| matches!(value, BindValue::Bytes(_))) =>
+            {
+                batches.read(self, statement, expected).await
+            }
+            _ => self.fetch_rows_alone(statement, &statement.binds, expected).await,
+        }
+    }
+
+    /// [`Database::fetch_rows`] for one read, `statement`'s text with `binds`, on its own.
+    pub(crate) async fn fetch_rows_alone(
+        &self,
+        statement: &Statement,
+        binds: &[BindValue],
+        expected: u64,
+    ) -> Result<Rows, ApiError> {
         let built = match &*self.reads {
-            Reads::Postgres(parking) => fetch_parked!(parking, statement, bind_postgres, collect(), postgres_row_into),
-            Reads::Mysql(parking) => fetch_parked!(parking, statement, bind_mysql, collect(), first_text_into),
-            Reads::Sqlite(parking) => fetch_parked!(parking, statement, bind_sqlite, collect(), first_text_into),
+            Reads::Postgres(parking) => fetch_parked!(
+                parking,
+                statement.text,
+                binds,
+                bind_postgres,
+                statement,
+                rows_for(expected),
+                postgres_row_into
+            ),
+            Reads::Mysql(parking) => fetch_parked!(
+                parking,
+                statement.text,
+                binds,
+                bind_mysql,
+                statement,
+                rows_for(expected),
+                first_text_into
+            ),
+            Reads::Sqlite(parking) => fetch_parked!(
+                parking,
+                statement.text,
+                binds,
+                bind_sqlite,
+                statement,
+                rows_for(expected),
+                first_text_into
+            ),
         }?;
-        built
-            .finish()
-            .map_err(|_| ApiError::from_database(sqlx::Error::Decode(Box::new(render::RenderError::NotUtf8))))
+        finish_rows(built)
+    }
+
+    /// Runs `batched`, the PostgreSQL read `statement` rewritten by [`crate::sql::batched_select`],
+    /// once for all `members`, and returns each member's rows in the members' order.
+    pub(crate) async fn fetch_rows_batched(
+        &self,
+        statement: &Statement,
+        batched: &str,
+        members: &[Member],
+    ) -> Result<Vec<Rows>, ApiError> {
+        let Reads::Postgres(parking) = &*self.reads else {
+            return Err(ApiError::Internal);
+        };
+        // One text array per parameter, holding every member's value of it.
+        let arrays: Vec<Vec<Option<String>>> = (0..statement.binds.len())
+            .map(|index| {
+                members
+                    .iter()
+                    .map(|member| {
+                        member
+                            .binds
+                            .get(index)
+                            .and_then(BindValue::as_text)
+                            .map(Cow::into_owned)
+                    })
+                    .collect()
+            })
+            .collect();
+        let pages = fetch_parked!(
+            parking,
+            batched.to_owned(),
+            &arrays,
+            bind_text_array,
+            statement,
+            members
+                .iter()
+                .map(|member| rows_for(member.expected))
+                .collect::<Vec<_>>(),
+            batched_row_into
+        )?;
+        pages.into_iter().map(finish_rows).collect()
     }
 
     /// Runs a `SELECT COUNT(*)`-shaped statement on a read-only connection.
@@ -537,6 +686,11 @@ impl Database {
             Pool::Mysql(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
             Pool::Sqlite(pool) => sqlx::raw_sql(script).execute(pool).await.map(|_| ()),
         }
+    }
+
+    /// The counters of reads that shared a statement; `None` where reads are never batched.
+    pub fn read_batch_counters(&self) -> Option<&BatchCounters> {
+        self.batches.as_deref().map(ReadBatches::counters)
     }
 
     /// Connections open and idle, over both pools, and the most both may open.
@@ -740,7 +894,10 @@ impl Tx {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::future::join_all;
+
     use super::*;
+    use crate::batch::MOST_READS_PER_STATEMENT;
 
     fn read(text: &str) -> Statement {
         Statement {
@@ -888,9 +1045,12 @@ mod tests {
     }
 
     /// A PostgreSQL database of one connection, so the next statement meets the closed one.
+    /// A PostgreSQL database with one read connection, whose reads share a statement whenever
+    /// they arrive together (a budget no read here comes near).
     fn one_connection(url: &str) -> Database {
         let spec = PoolSpec {
             max_connections: 1,
+            read_batch_ms: 1000,
             ..PoolSpec::default()
         };
         Database::connect(Engine::Postgres, url, &spec).expect("valid URL")
@@ -1081,5 +1241,136 @@ mod tests {
             .await
             .expect("the closed connection is found out before the write");
         assert_ne!(again, writer, "the write ran on another connection");
+    }
+
+    /// A read of `VALUES` rows from `$1` (an `int4`) down, at most two, and only named ones
+    /// unless `$2`: a shape whose members differ in their rows, their order and their limit.
+    fn values_read(from: &str, unnamed_too: bool) -> Statement {
+        Statement {
+            text: "SELECT \"v\".\"id\", \"v\".\"name\" \
+                   FROM (VALUES (1, 'one'), (2, 'two'), (3, NULL), (4, 'four')) AS \"v\"(\"id\", \"name\") \
+                   WHERE \"v\".\"id\" <= CAST($1 AS \"pg_catalog\".\"int4\") \
+                   AND (\"v\".\"name\" IS NOT NULL OR CAST($2 AS \"pg_catalog\".\"bool\")) \
+                   ORDER BY \"v\".\"id\" DESC LIMIT 2"
+                .to_owned(),
+            binds: vec![BindValue::Text(from.to_owned()), BindValue::Boolean(unnamed_too)],
+            members: Some(vec![
+                render::Member::new("id", render::Encoding::Integer),
+                render::Member::new("name", render::Encoding::Text),
+            ]),
+        }
+    }
+
+    fn outcome(result: Result<Rows, ApiError>) -> String {
+        match result {
+            Ok(rows) => rows.into_json_array(),
+            Err(error) => format!("error: {error}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_that_arrive_together_share_a_statement_and_each_gets_what_it_would_alone() {
+        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+            return;
+        };
+        let database = one_connection(&url);
+        let counters = database
+            .read_batch_counters()
+            .expect("PostgreSQL batches reads")
+            .clone();
+        let mut reads: Vec<Statement> = ["0", "1", "2", "3", "4", "9"]
+            .into_iter()
+            .flat_map(|from| [values_read(from, false), values_read(from, true)])
+            .collect();
+        let mut alone = Vec::new();
+        for read in &reads {
+            alone.push(outcome(database.fetch_rows_alone(read, &read.binds, 2).await));
+        }
+        assert_eq!(alone[7], r#"[{"id":3,"name":null},{"id":2,"name":"two"}]"#);
+        assert_eq!(alone[6], r#"[{"id":2,"name":"two"},{"id":1,"name":"one"}]"#);
+        assert_eq!(alone[0], "[]");
+        // The first read of a shape runs alone and times it; from then on reads share.
+        assert_eq!(outcome(database.fetch_rows(&reads[7], 2).await), alone[7]);
+
+        let together = join_all(reads.iter().map(|read| database.fetch_rows(read, 2))).await;
+        let together: Vec<String> = together.into_iter().map(outcome).collect();
+        assert_eq!(together, alone);
+        assert_eq!(
+            (counters.statements.get(), counters.reads.get()),
+            (1, reads.len() as u64)
+        );
+
+        // A value PostgreSQL refuses fails the shared statement: every read then runs alone, and
+        // only the one that sent it gets the error.
+        reads.push(values_read("99999999999", false));
+        alone.push(outcome(
+            database.fetch_rows_alone(&reads[12], &reads[12].binds, 2).await,
+        ));
+        assert!(alone[12].starts_with("error: "), "{}", alone[12]);
+        let together = join_all(reads.iter().map(|read| database.fetch_rows(read, 2))).await;
+        let together: Vec<String> = together.into_iter().map(outcome).collect();
+        assert_eq!(together, alone);
+        assert_eq!(counters.statements.get(), 1, "the failed statement is not counted");
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_leaves_later_reads_to_go_alone() {
+        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+            return;
+        };
+        let database = one_connection(&url);
+        let counters = database
+            .read_batch_counters()
+            .expect("PostgreSQL batches reads")
+            .clone();
+        let reads: Vec<Statement> = (0..MOST_READS_PER_STATEMENT + 8)
+            .map(|index| values_read(&(index % 5).to_string(), index % 2 == 0))
+            .collect();
+        database
+            .fetch_rows(&reads[0], 2)
+            .await
+            .expect("a first read times the shape");
+        let together = join_all(reads.iter().map(|read| database.fetch_rows(read, 2))).await;
+        for (read, page) in reads.iter().zip(together) {
+            let alone = database.fetch_rows_alone(read, &read.binds, 2).await;
+            assert_eq!(outcome(page), outcome(alone));
+        }
+        assert_eq!(
+            (counters.statements.get(), counters.reads.get()),
+            (1, MOST_READS_PER_STATEMENT as u64)
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_slower_than_the_budget_run_alone() {
+        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+            return;
+        };
+        let spec = PoolSpec {
+            max_connections: 4,
+            read_batch_ms: 1,
+            ..PoolSpec::default()
+        };
+        let database = Database::connect(Engine::Postgres, &url, &spec).expect("valid URL");
+        let counters = database
+            .read_batch_counters()
+            .expect("PostgreSQL batches reads")
+            .clone();
+        let mut slow = values_read("2", true);
+        slow.text = slow
+            .text
+            .replace("WHERE", "WHERE CAST(pg_sleep(0.005) AS text) = '' AND");
+        let first = database
+            .fetch_rows(&slow, 2)
+            .await
+            .expect("a first read times the shape");
+        let together = join_all((0..8).map(|_| database.fetch_rows(&slow, 2))).await;
+        for page in together {
+            assert_eq!(outcome(page), first.clone().into_json_array());
+        }
+        assert_eq!(counters.statements.get(), 0, "5 ms reads do not fit a 1 ms budget");
     }
 }

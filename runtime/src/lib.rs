@@ -26,6 +26,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod docs;

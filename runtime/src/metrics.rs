@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::audit::{Transport, verb_name};
+use crate::batch::BatchCounters;
 use crate::plan::Verb;
 
 /// The label value for a table or verb the request did not resolve to.
@@ -208,6 +209,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Also exports `counters`: how many reads shared a statement ([`crate::batch`]).
+    pub fn with_read_batches(mut self, counters: &BatchCounters) -> Self {
+        self.registry.register(
+            "db_batched_statements",
+            "Statements that served more than one read at once",
+            counters.statements.clone(),
+        );
+        self.registry.register(
+            "db_batched_reads",
+            "Reads served by a statement shared with other reads",
+            counters.reads.clone(),
+        );
+        self
+    }
+
     /// Counts a served request, its duration and its rows.
     pub fn record_request(&self, outcome: &RequestOutcome<'_>) {
         let table = outcome.table.unwrap_or(UNRESOLVED);

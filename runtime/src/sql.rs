@@ -778,6 +778,102 @@ pub fn keys_for_update(engine: Engine, table: &Table, filters: &[Filter]) -> Sta
     builder.finish(text)
 }
 
+/// A PostgreSQL read that runs once per member of a batch, each with its own parameters.
+///
+/// `text` is a read [`select`] wrote, with parameters `$1` to `$params`. The batch binds one
+/// text array per parameter, holding that parameter's value for every member, and the read runs
+/// as a lateral subquery once per row of the arrays, its `$i` reading the row's `p<i>`. Every
+/// parameter already travels as text and is cast by the SQL, so each member's read sees the same
+/// values and types as on its own. A lateral subquery runs in a nested loop over the arrays, so
+/// each member's rows come out together and in their own order (`ORDER BY`, `LIMIT` and
+/// `OFFSET` apply per member); each result row starts with the member's 1-based number.
+///
+/// `None` when the text's placeholders are not exactly `$1` to `$params` outside quoted
+/// identifiers and string literals, or when there are no parameters to vary.
+pub fn batched_select(text: &str, params: usize) -> Option<String> {
+    if params == 0 {
+        return None;
+    }
+    let inner = placeholders_to_columns(text, params)?;
+    let mut batched = String::with_capacity(inner.len() + 80 + params * 48);
+    batched.push_str("SELECT \"b\".\"n\", \"q\".* FROM unnest(");
+    for index in 1..=params {
+        if index > 1 {
+            batched.push_str(", ");
+        }
+        batched.push_str(&format!("CAST(${index} AS \"pg_catalog\".\"text\"[])"));
+    }
+    batched.push_str(") WITH ORDINALITY AS \"b\"(");
+    for index in 1..=params {
+        batched.push_str(&format!("\"p{index}\", "));
+    }
+    batched.push_str("\"n\") CROSS JOIN LATERAL (");
+    batched.push_str(&inner);
+    batched.push_str(") AS \"q\"");
+    Some(batched)
+}
+
+/// `text` with each placeholder `$i` replaced by the column `"b"."p<i>"`, skipping quoted
+/// identifiers, string literals and escape strings; `None` unless every one of `$1` to `$params`
+/// appears and nothing else does.
+fn placeholders_to_columns(text: &str, params: usize) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len() + params * 8);
+    let mut used = vec![false; params];
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => at = after_quoted(bytes, at, b'"', false)?,
+            b'\'' => {
+                let escape_string =
+                    at > 0 && matches!(bytes[at - 1], b'E' | b'e') && (at < 2 || !is_identifier_byte(bytes[at - 2]));
+                at = after_quoted(bytes, at, b'\'', escape_string)?;
+            }
+            b'$' => {
+                if at > 0 && is_identifier_byte(bytes[at - 1]) {
+                    return None;
+                }
+                let digits = bytes[at + 1..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+                let number: usize = text.get(at + 1..at + 1 + digits)?.parse().ok()?;
+                let seen = used.get_mut(number.checked_sub(1)?)?;
+                *seen = true;
+                out.push_str(&text[copied..at]);
+                out.push_str(&format!("\"b\".\"p{number}\""));
+                at += 1 + digits;
+                copied = at;
+            }
+            _ => at += 1,
+        }
+    }
+    out.push_str(&text[copied..]);
+    used.iter().all(|seen| *seen).then_some(out)
+}
+
+/// The index just past the quoted text opening at `start`, where a doubled quote stands for one
+/// and, in an escape string, a backslash escapes the next byte; `None` when it never closes.
+fn after_quoted(bytes: &[u8], start: usize, quote: u8, backslash_escapes: bool) -> Option<usize> {
+    let mut at = start + 1;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' if backslash_escapes => at += 2,
+            byte if byte == quote => {
+                if bytes.get(at + 1) == Some(&quote) {
+                    at += 2;
+                } else {
+                    return Some(at + 1);
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    None
+}
+
+fn is_identifier_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || !byte.is_ascii()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1020,5 +1116,54 @@ mod tests {
             mysql.text
         );
         assert_eq!(mysql.binds.len(), 5, "the scope's value is bound after the rows'");
+    }
+    #[test]
+    fn a_batched_read_reads_each_parameter_from_its_member_row() {
+        let statement = read(
+            Engine::Postgres,
+            "customers",
+            &[("select", "id,name"), ("name", "eq.a"), ("id", "gt.1")],
+        );
+        let batched = batched_select(&statement.text, statement.binds.len()).expect("batchable");
+        assert_eq!(
+            batched,
+            "SELECT \"b\".\"n\", \"q\".* FROM unnest(CAST($1 AS \"pg_catalog\".\"text\"[]), \
+             CAST($2 AS \"pg_catalog\".\"text\"[])) WITH ORDINALITY AS \"b\"(\"p1\", \"p2\", \"n\") \
+             CROSS JOIN LATERAL (SELECT \"t0\".\"id\", \"t0\".\"name\" FROM \"public\".\"customers\" AS \"t0\" \
+             WHERE \"t0\".\"name\" = CAST(\"b\".\"p1\" AS \"pg_catalog\".\"text\") \
+             AND \"t0\".\"id\" > CAST(\"b\".\"p2\" AS \"pg_catalog\".\"int4\") \
+             ORDER BY \"t0\".\"id\" ASC NULLS LAST LIMIT 10 OFFSET 0) AS \"q\""
+        );
+    }
+
+    #[test]
+    fn dollar_signs_in_names_and_literals_are_not_placeholders() {
+        let text = "SELECT \"a$1\", \"x\"\"$2\", '$1 it''s', E'\\'$2', ($1)::text FROM \"t\" WHERE \"c\" = $2";
+        assert_eq!(
+            placeholders_to_columns(text, 2).as_deref(),
+            Some(
+                "SELECT \"a$1\", \"x\"\"$2\", '$1 it''s', E'\\'$2', (\"b\".\"p1\")::text FROM \"t\" \
+                 WHERE \"c\" = \"b\".\"p2\""
+            )
+        );
+    }
+
+    #[test]
+    fn a_read_is_not_batched_unless_its_placeholders_are_exactly_its_parameters() {
+        assert_eq!(batched_select("SELECT 1", 0), None, "nothing varies between members");
+        assert_eq!(placeholders_to_columns("SELECT $1", 2), None, "$2 is missing");
+        assert_eq!(
+            placeholders_to_columns("SELECT $1, $3", 2),
+            None,
+            "$3 is not a parameter"
+        );
+        assert_eq!(placeholders_to_columns("SELECT $0", 1), None);
+        assert_eq!(
+            placeholders_to_columns("SELECT $tag$ x $tag$", 1),
+            None,
+            "a dollar-quoted string"
+        );
+        assert_eq!(placeholders_to_columns("SELECT a$1", 1), None, "part of a name");
+        assert_eq!(placeholders_to_columns("SELECT '$1", 1), None, "an unclosed literal");
     }
 }

@@ -253,7 +253,7 @@ fn manifest(
         ),
     };
     let yaml = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: fixture, namespace: test }}\nspec:\n  database:\n    {database}\n    pool: {{ maxConnections: 4, acquireTimeoutMs: 1500, statementTimeoutMs: {STATEMENT_TIMEOUT_MS} }}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 3, maxBodyBytes: 2048 }}\n  auth: {{ apiKeyHeader: {API_KEY_HEADER}, anonymousRole: visitor, jwt: {{ issuer: '{JWT_ISSUER}', audiences: [{JWT_AUDIENCE}], hmacSecretRef: {{ name: jwt, key: secret }} }} }}\n"
+        "apiVersion: sluice.dev/v1alpha1\nkind: DataApi\nmetadata: {{ name: fixture, namespace: test }}\nspec:\n  database:\n    {database}\n    pool: {{ maxConnections: 4, acquireTimeoutMs: 1500, statementTimeoutMs: {STATEMENT_TIMEOUT_MS}, readBatchMs: 1000 }}\n  rest: {{ basePath: /api, defaultPageSize: 2, maxPageSize: 3, maxBodyBytes: 2048 }}\n  auth: {{ apiKeyHeader: {API_KEY_HEADER}, anonymousRole: visitor, jwt: {{ issuer: '{JWT_ISSUER}', audiences: [{JWT_AUDIENCE}], hmacSecretRef: {{ name: jwt, key: secret }} }} }}\n"
     );
     let data_api: sluice_crds::DataApi = serde_yaml::from_str(&yaml).expect("fixture DataApi parses");
     let roles: Vec<sluice_crds::ApiRole> = serde_yaml::Deserializer::from_str(ROLES)

@@ -1,6 +1,7 @@
 //! Governance beyond the per-request rules (those are the bypass table in `runtime_rest`): rate
 //! limits, the audit log under concurrent load, hot reload of the config file while clients keep
-//! calling, the Prometheus metrics, and the admin-only schema refresh.
+//! calling, the Prometheus metrics, the admin-only schema refresh, and row filters and masks
+//! holding for reads that share one statement.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -347,6 +348,98 @@ async fn only_admin_roles_may_refresh_the_schema() {
         admin.json()["tables"].as_u64().is_some_and(|tables| tables >= 4),
         "{}",
         admin.body
+    );
+    api.cleanup().await;
+}
+
+/// The value of the sample line named exactly `series` in a metrics text.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Concurrent reads of one shape share a statement on PostgreSQL; each caller must still get
+/// exactly its own rows, filtered by its own claims and masked for its own role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_share_a_statement_keep_each_callers_rows_and_masks() {
+    let api = start(Engine::Postgres).await;
+    let partner = |customer: u64| {
+        let token = token(json!({"roles": ["partner"], "customer": customer}));
+        ("Authorization", format!("Bearer {token}"))
+    };
+    let key = |role: &str| (sluice_tests::runtime::API_KEY_HEADER, api.key(role).to_owned());
+    let mut calls: Vec<((&str, String), String)> = Vec::new();
+    for customer in 1..=3 {
+        calls.push((partner(customer), "/orders?order=id".to_owned()));
+        for order in 10..=12 {
+            calls.push((partner(customer), format!("/orders/{order}")));
+        }
+    }
+    for id in 1..=3 {
+        calls.push((key("tenant"), format!("/customers/{id}")));
+        calls.push((key("admin"), format!("/customers/{id}")));
+        calls.push((key("clerk"), format!("/customers/{id}")));
+    }
+    /// The status, and the body of a 200 (an error's body carries its request's id).
+    async fn call(api: &TestApi, (header, path): &((&str, String), String)) -> (u16, String) {
+        let reply = api
+            .call_as(None, "GET", path, &[(header.0, header.1.as_str())], None)
+            .await;
+        (
+            reply.status,
+            if reply.status == 200 { reply.body } else { String::new() },
+        )
+    }
+
+    let mut alone = Vec::new();
+    for each in &calls {
+        alone.push(call(&api, each).await);
+    }
+    let orders = |reply: &(u16, String)| -> Vec<u64> {
+        let rows: Value = serde_json::from_str(&reply.1).expect("JSON rows");
+        rows.as_array()
+            .expect("an array")
+            .iter()
+            .map(|row| row["id"].as_u64().expect("an id"))
+            .collect()
+    };
+    assert_eq!(orders(&alone[0]), [10, 11], "partner of customer 1");
+    assert_eq!(orders(&alone[4]), [12], "partner of customer 2");
+    assert_eq!(orders(&alone[8]), Vec::<u64>::new(), "partner of customer 3");
+    assert_eq!((alone[3].0, alone[7].0), (404, 200), "order 12 is customer 2's");
+    assert_eq!(alone[12].0, 404, "the tenant does not see the VIP customer 1");
+    assert!(
+        alone[15].1.contains("\"balance\":\"hidden\""),
+        "the tenant's mask: {}",
+        alone[15].1
+    );
+    assert!(
+        alone[16].1.contains("\"balance\":0.1"),
+        "the admin's unmasked row: {}",
+        alone[16].1
+    );
+
+    let batched_reads = "sluice_runtime_db_batched_reads_total";
+    let mut bursts = 0;
+    while sample(&api.get("/metrics").await.body, batched_reads).unwrap_or_default() == 0.0 {
+        bursts += 1;
+        assert!(
+            bursts <= 50,
+            "no two of {} concurrent reads shared a statement in 50 bursts",
+            calls.len() * 4
+        );
+        let together =
+            futures::future::join_all(calls.iter().cycle().take(calls.len() * 4).map(|each| call(&api, each))).await;
+        for (index, reply) in together.iter().enumerate() {
+            let (header, path) = &calls[index % calls.len()];
+            assert_eq!(reply, &alone[index % calls.len()], "{path} as {}", header.0);
+        }
+    }
+    let metrics = api.get("/metrics").await.body;
+    assert!(
+        sample(&metrics, "sluice_runtime_db_batched_statements_total").unwrap_or_default() >= 1.0,
+        "{metrics}"
     );
     api.cleanup().await;
 }

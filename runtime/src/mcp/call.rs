@@ -131,7 +131,7 @@ pub async fn call(
         Err(error) => return Ok(Failure::from_api(error).await.into_result()),
     };
     let access = context.call.access();
-    let view = access.view(&schema);
+    let view = access.shared_view(&schema);
     if !tools::offers(config, &view, &access, name) {
         return Err(ErrorData::invalid_params(
             format!("unknown tool \"{name}\"; tools/list names the tools your role may call"),

@@ -297,7 +297,7 @@ impl ServerHandler for DataApiServer {
         let call = CallContext::of(&context)?;
         let schema = self.state.schema().map_err(|error| unavailable(&error))?;
         let access = call.call.access();
-        let catalogue = tools::catalogue(&call.call.live.config, &access.view(&schema), &access);
+        let catalogue = tools::catalogue(&call.call.live.config, &access.shared_view(&schema), &access);
         Ok(ListToolsResult::with_all_items(catalogue)
             .with_ttl_ms(LIST_TTL.as_millis() as u64)
             .with_cache_scope(CacheScope::Private))
@@ -330,7 +330,7 @@ impl ServerHandler for DataApiServer {
         let schema = self.state.schema().map_err(|error| unavailable(&error))?;
         let access = call.call.access();
         Ok(
-            ListResourcesResult::with_all_items(resources::list(&access.view(&schema)))
+            ListResourcesResult::with_all_items(resources::list(&access.shared_view(&schema)))
                 .with_ttl_ms(LIST_TTL.as_millis() as u64)
                 .with_cache_scope(CacheScope::Private),
         )
@@ -344,7 +344,12 @@ impl ServerHandler for DataApiServer {
         let call = CallContext::of(&context)?;
         let schema = self.state.schema().map_err(|error| unavailable(&error))?;
         let access = call.call.access();
-        let result = resources::read(&call.call.live.config, &access.view(&schema), &access, &request.uri)?;
+        let result = resources::read(
+            &call.call.live.config,
+            &access.shared_view(&schema),
+            &access,
+            &request.uri,
+        )?;
         Ok(result.into())
     }
 }

@@ -1045,12 +1045,9 @@ mod tests {
     }
 
     /// A PostgreSQL database of one connection, so the next statement meets the closed one.
-    /// A PostgreSQL database with one read connection, whose reads share a statement whenever
-    /// they arrive together (a budget no read here comes near).
     fn one_connection(url: &str) -> Database {
         let spec = PoolSpec {
             max_connections: 1,
-            read_batch_ms: 1000,
             ..PoolSpec::default()
         };
         Database::connect(Engine::Postgres, url, &spec).expect("valid URL")
@@ -1261,6 +1258,26 @@ mod tests {
         }
     }
 
+    /// A PostgreSQL database of `max_connections` read connections whose batches take at most
+    /// `read_batch_ms`, with its batch counters; `None`, and the test skipped, without one.
+    fn batching_postgres(max_connections: u32, read_batch_ms: u32) -> Option<(Database, BatchCounters)> {
+        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+            return None;
+        };
+        let spec = PoolSpec {
+            max_connections,
+            read_batch_ms,
+            ..PoolSpec::default()
+        };
+        let database = Database::connect(Engine::Postgres, &url, &spec).expect("valid URL");
+        let counters = database
+            .read_batch_counters()
+            .expect("PostgreSQL batches reads")
+            .clone();
+        Some((database, counters))
+    }
+
     fn outcome(result: Result<Rows, ApiError>) -> String {
         match result {
             Ok(rows) => rows.into_json_array(),
@@ -1270,15 +1287,9 @@ mod tests {
 
     #[tokio::test]
     async fn reads_that_arrive_together_share_a_statement_and_each_gets_what_it_would_alone() {
-        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
-            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+        let Some((database, counters)) = batching_postgres(1, 1000) else {
             return;
         };
-        let database = one_connection(&url);
-        let counters = database
-            .read_batch_counters()
-            .expect("PostgreSQL batches reads")
-            .clone();
         let mut reads: Vec<Statement> = ["0", "1", "2", "3", "4", "9"]
             .into_iter()
             .flat_map(|from| [values_read(from, false), values_read(from, true)])
@@ -1316,15 +1327,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_batch_leaves_later_reads_to_go_alone() {
-        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
-            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+        let Some((database, counters)) = batching_postgres(1, 1000) else {
             return;
         };
-        let database = one_connection(&url);
-        let counters = database
-            .read_batch_counters()
-            .expect("PostgreSQL batches reads")
-            .clone();
         let reads: Vec<Statement> = (0..MOST_READS_PER_STATEMENT + 8)
             .map(|index| values_read(&(index % 5).to_string(), index % 2 == 0))
             .collect();
@@ -1345,20 +1350,9 @@ mod tests {
 
     #[tokio::test]
     async fn reads_slower_than_the_budget_run_alone() {
-        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
-            eprintln!("SLUICE_TEST_POSTGRES_URL is not set; skipped");
+        let Some((database, counters)) = batching_postgres(4, 1) else {
             return;
         };
-        let spec = PoolSpec {
-            max_connections: 4,
-            read_batch_ms: 1,
-            ..PoolSpec::default()
-        };
-        let database = Database::connect(Engine::Postgres, &url, &spec).expect("valid URL");
-        let counters = database
-            .read_batch_counters()
-            .expect("PostgreSQL batches reads")
-            .clone();
         let mut slow = values_read("2", true);
         slow.text = slow
             .text

@@ -250,6 +250,18 @@ def http_call(port: int, method: str, path: str, headers: dict[str, str], body: 
         connection.close()
 
 
+BATCH_COUNTERS = ("sluice_runtime_db_batched_statements_total", "sluice_runtime_db_batched_reads_total")
+
+
+def batch_counters(port: int) -> tuple[float, float] | None:
+    """The runtime's shared-statement counters (statements, reads), or None without them."""
+    status, _, body = http_call(port, "GET", "/metrics", {})
+    samples = dict(line.split(" ", 1) for line in body.splitlines() if line.split(" ", 1)[0] in BATCH_COUNTERS)
+    if status != 200 or len(samples) != len(BATCH_COUNTERS):
+        return None
+    return float(samples[BATCH_COUNTERS[0]]), float(samples[BATCH_COUNTERS[1]])
+
+
 def json_rpc_payload(content_type: str, text: str) -> dict:
     """The JSON-RPC message of a Streamable HTTP response: plain JSON, or the first `data:` event of an SSE stream."""
     if "text/event-stream" in content_type:
@@ -295,6 +307,10 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    # Of the requests, those whose read shared a statement, and the statements they shared (the
+    # runtime's batch counters over the run); None when the runtime exports no such counters.
+    shared_reads: float | None = None
+    shared_statements: float | None = None
 
 
 @dataclass
@@ -483,7 +499,10 @@ def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
             say(f"run {number}: {case.name}: wrk {options.duration:g} s")
             if options.warmup > 0:
                 run_wrk(case, options.port, key, options.warmup, options.connections, options.threads, mcp)
+            counted = batch_counters(options.port)
             http = run_wrk(case, options.port, key, options.duration, options.connections, options.threads, mcp)
+            if counted and (now := batch_counters(options.port)):
+                http.shared_statements, http.shared_reads = now[0] - counted[0], now[1] - counted[1]
             figures = {"http": http}
             if case.name == "insert_order":
                 options.postgres.reset_orders()
@@ -566,18 +585,30 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
         return [r.cases[case]["http"].rate / r.cases[case][reference].rate
                 for r in results if case in r.cases and reference in r.cases[case]]
 
+    def sharing(case: str) -> str:
+        """Median reads per shared statement, and median share of requests whose read shared one."""
+        runs = [r.cases[case]["http"] for r in results if case in r.cases]
+        runs = [f for f in runs if f.shared_statements is not None]
+        if not runs:
+            return "-"
+        per_statement = statistics.median(f.shared_reads / f.shared_statements if f.shared_statements else 0
+                                          for f in runs)
+        share = statistics.median(f.shared_reads / (f.rate * options.duration) for f in runs)
+        return f"{per_statement:.1f} ({min(share, 1.0):.0%})"
+
     rows = []
     for case in options.cases:
         if not any(case.name in r.cases for r in results):
-            rows.append([case.name, "skipped (see note)"] + [""] * 7)
+            rows.append([case.name, "skipped (see note)"] + [""] * 8)
             continue
         errors = sum(r.cases[case.name]["http"].errors for r in results if case.name in r.cases)
         rows.append([case.name, spread(per_run(case.name, "http", "rate"), 0),
                      spread(per_run(case.name, "http", "p50_ms"), 2), spread(per_run(case.name, "http", "p99_ms"), 2),
                      spread(per_run(case.name, "pgbench", "rate"), 0), spread(per_run(case.name, "pgbench", "p50_ms"), 2),
-                     spread(per_run(case.name, "pgbench", "p99_ms"), 2), spread(ratios(case.name), 2), str(errors)])
+                     spread(per_run(case.name, "pgbench", "p99_ms"), 2), spread(ratios(case.name), 2), str(errors),
+                     sharing(case.name)])
     cases_table = render_table(["case", "HTTP req/s", "p50 ms", "p99 ms", "pgbench tps", "pg p50 ms", "pg p99 ms",
-                                "HTTP/pgbench", "HTTP errors"], rows)
+                                "HTTP/pgbench", "HTTP errors", "reads/shared statement (share)"], rows)
 
     targets = [
         Target("get_by_pk: HTTP/pgbench >= 0.70", ratios("get_by_pk"), 0.70, False, 2),

@@ -1117,6 +1117,7 @@ mod tests {
         );
         assert_eq!(mysql.binds.len(), 5, "the scope's value is bound after the rows'");
     }
+
     #[test]
     fn a_batched_read_reads_each_parameter_from_its_member_row() {
         let statement = read(

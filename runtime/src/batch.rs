@@ -167,14 +167,7 @@ impl ReadBatches {
             }
         };
         match turn {
-            Turn::Alone => {
-                let started = Instant::now();
-                let rows = database.fetch_rows_alone(statement, &statement.binds, expected).await;
-                if rows.is_ok() {
-                    self.timed(&statement.text, started.elapsed(), 1);
-                }
-                return rows;
-            }
+            Turn::Alone => return self.read_alone(database, statement, &statement.binds, expected).await,
             // A task of its own sends the batch, so a member whose request is dropped (its
             // client went away) cannot strand the others.
             Turn::Opened => {
@@ -196,6 +189,22 @@ impl ReadBatches {
         answer.await.unwrap_or(Err(ApiError::Unavailable))
     }
 
+    /// Runs one read of `statement`'s text with `binds` on its own, and times the shape by it.
+    async fn read_alone(
+        &self,
+        database: &Database,
+        statement: &Statement,
+        binds: &[BindValue],
+        expected: u64,
+    ) -> Result<Rows, ApiError> {
+        let started = Instant::now();
+        let rows = database.fetch_rows_alone(statement, binds, expected).await;
+        if rows.is_ok() {
+            self.timed(&statement.text, started.elapsed(), 1);
+        }
+        rows
+    }
+
     /// Remembers that a statement of `text` served `reads` reads in `took`.
     fn timed(&self, text: &str, took: Duration, reads: usize) {
         if let Some(shape) = self.shapes().get_mut(text) {
@@ -204,7 +213,16 @@ impl ReadBatches {
     }
 
     /// Runs the batch `members` of `statement`'s text and answers each.
-    async fn send(&self, database: &Database, statement: &Statement, members: Vec<Member>) {
+    async fn send(&self, database: &Database, statement: &Statement, mut members: Vec<Member>) {
+        if members.len() == 1
+            && let Some(member) = members.pop()
+        {
+            let page = self
+                .read_alone(database, statement, &member.binds, member.expected)
+                .await;
+            let _ = member.reply.send(page);
+            return;
+        }
         let started = Instant::now();
         if members.len() > 1
             && let Some(text) = sql::batched_select(&statement.text, statement.binds.len())
@@ -233,18 +251,12 @@ impl ReadBatches {
                 }
             }
         }
-        let reads = members.len();
-        let succeeded = join_all(members.into_iter().map(|member| async move {
+        join_all(members.into_iter().map(|member| async move {
             let page = database
                 .fetch_rows_alone(statement, &member.binds, member.expected)
                 .await;
-            let succeeded = page.is_ok();
             let _ = member.reply.send(page);
-            succeeded
         }))
         .await;
-        if reads == 1 && succeeded == [true] {
-            self.timed(&statement.text, started.elapsed(), 1);
-        }
     }
 }

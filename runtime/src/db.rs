@@ -304,7 +304,17 @@ fn postgres_row_into(rows: &mut RowsBuilder, row: &PgRow, statement: &Statement)
     let Some(members) = &statement.members else {
         return first_text_into(rows, row, statement);
     };
-    let values = member_values(row, members, 0)?;
+    push_members(rows, row, members, 0)
+}
+
+/// Renders the row's `members`, read from column `first` on, into `rows`.
+fn push_members(
+    rows: &mut RowsBuilder,
+    row: &PgRow,
+    members: &[render::Member],
+    first: usize,
+) -> Result<(), sqlx::Error> {
+    let values = member_values(row, members, first)?;
     rows.push_rendered(|out| render::row_into(out, members, values))
         .map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }
@@ -439,10 +449,7 @@ fn batched_row_into(pages: &mut [RowsBuilder], row: &PgRow, statement: &Statemen
         .and_then(|number| number.checked_sub(1))
         .and_then(|index| pages.get_mut(index))
         .ok_or_else(|| sqlx::Error::Protocol(format!("a batched read returned a row of member {number}")))?;
-    let members = statement.members.as_deref().unwrap_or_default();
-    let values = member_values(row, members, 1)?;
-    page.push_rendered(|out| render::row_into(out, members, values))
-        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+    push_members(page, row, statement.members.as_deref().unwrap_or_default(), 1)
 }
 
 impl Database {
@@ -542,9 +549,11 @@ impl Database {
     /// share one statement ([`crate::batch`]).
     pub async fn fetch_rows(&self, statement: &Statement, expected: u64) -> Result<Rows, ApiError> {
         match &self.batches {
-            // Bytes travel as bytea, not text, so they cannot go into a batch's text arrays.
+            // Bytes travel as bytea, not text, so they cannot go into a batch's text arrays; a
+            // read without parameters has nothing that differs between members.
             Some(batches)
                 if statement.members.is_some()
+                    && !statement.binds.is_empty()
                     && !statement.binds.iter().any(|value| matches!(value, BindValue::Bytes(_))) =>
             {
                 batches.read(self, statement, expected).await
@@ -620,7 +629,7 @@ impl Database {
             .collect();
         let pages = fetch_parked!(
             parking,
-            batched.to_owned(),
+            batched,
             &arrays,
             bind_text_array,
             statement,

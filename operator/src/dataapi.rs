@@ -102,10 +102,22 @@ pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, E
             status::workload_conditions(&rollout, &names.workload)
         }
         Err(invalid) => {
-            next.replicas = previous.replicas;
-            next.ready_replicas = previous.ready_replicas;
-            next.url = previous.url.clone();
-            status::invalid_config_conditions(invalid.reason, invalid.message.clone())
+            let names = ChildNames::for_data_api(&api.name_any());
+            let deployed = ctx.deployments.get(&child(&namespace, &names.workload));
+            let rollout = deployed.as_deref().map(Rollout::of);
+            if let Some(rollout) = &rollout {
+                // The children are left as they are, so the pods keep serving the last valid
+                // config at the addresses already reported.
+                next.url = previous.url.clone();
+                next.rest_url = previous.rest_url.clone();
+                next.mcp_url = previous.mcp_url.clone();
+                next.openapi_url = previous.openapi_url.clone();
+                next.bound_roles = previous.bound_roles.clone();
+                next.replicas = Some(rollout.desired);
+                next.ready_replicas = Some(rollout.ready);
+            }
+            let deployed = rollout.as_ref().map(|rollout| (rollout, names.workload.as_str()));
+            status::invalid_config_conditions(invalid.reason, invalid.message.clone(), deployed)
         }
     };
     announce_config_change(&api, &ctx, &previous, &decided).await;

@@ -39,6 +39,8 @@ pub mod reason {
     pub const ROLLING_OUT: &str = "RollingOut";
     /// The rollout finished.
     pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    /// The config is invalid, so nothing new rolls out; the pods run the last valid one.
+    pub const ROLLOUT_HELD: &str = "RolloutHeld";
     /// The rollout made no progress within the Deployment's deadline.
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     /// No Deployment exists because the configuration is invalid.
@@ -157,7 +159,80 @@ impl Rollout {
 
 /// `Available`, `Progressing` and `Ready` for a DataApi whose config is valid.
 pub fn workload_conditions(rollout: &Rollout, deployment_name: &str) -> Vec<Decided> {
-    let available = if rollout.desired == 0 {
+    let available = availability(rollout, deployment_name);
+    let progressing = if rollout.complete() && !rollout.deadline_exceeded {
+        Decided::falsy(
+            PROGRESSING,
+            reason::ROLLOUT_COMPLETE,
+            "the newest configuration is rolled out",
+        )
+    } else {
+        progress(rollout, deployment_name)
+    };
+    let ready = if available.status && !rollout.deadline_exceeded && rollout.observed {
+        Decided::truthy(READY, reason::SERVING, "the API serves with the current configuration")
+    } else {
+        Decided::falsy(READY, available.reason, available.message.clone())
+    };
+    vec![
+        Decided::truthy(CONFIG_VALID, reason::RESOLVED, "configuration resolved"),
+        available,
+        progressing,
+        ready,
+    ]
+}
+
+/// Conditions for a DataApi whose config does not resolve. Nothing new is applied until it
+/// does, so a DataApi deployed before keeps its pods, serving the last valid configuration:
+/// `Available` and `Progressing` then tell the truth about those pods (`deployed` is the live
+/// Deployment's rollout and name), while `Ready` is False for the current spec.
+pub fn invalid_config_conditions(
+    reason: &'static str,
+    message: String,
+    deployed: Option<(&Rollout, &str)>,
+) -> Vec<Decided> {
+    let Some((rollout, deployment_name)) = deployed else {
+        return vec![
+            Decided::falsy(CONFIG_VALID, reason, message.clone()),
+            Decided::falsy(
+                AVAILABLE,
+                reason::NOT_DEPLOYED,
+                "no runtime is deployed while the configuration is invalid",
+            ),
+            Decided::falsy(
+                PROGRESSING,
+                reason::NOT_DEPLOYED,
+                "no runtime is deployed while the configuration is invalid",
+            ),
+            Decided::falsy(READY, reason, message),
+        ];
+    };
+    let available = availability(rollout, deployment_name);
+    let progressing = if rollout.complete() && !rollout.deadline_exceeded {
+        Decided::falsy(
+            PROGRESSING,
+            reason::ROLLOUT_HELD,
+            "the pods run the last valid configuration; changes roll out once ConfigValid is True again",
+        )
+    } else {
+        progress(rollout, deployment_name)
+    };
+    let ready_message = if available.status {
+        format!("{message}; the pods keep serving the last valid configuration")
+    } else {
+        message.clone()
+    };
+    vec![
+        Decided::falsy(CONFIG_VALID, reason, message),
+        available,
+        progressing,
+        Decided::falsy(READY, reason, ready_message),
+    ]
+}
+
+/// `Available` from the replicas the Deployment reports.
+fn availability(rollout: &Rollout, deployment_name: &str) -> Decided {
+    if rollout.desired == 0 {
         Decided::truthy(
             AVAILABLE,
             reason::SCALED_TO_ZERO,
@@ -178,20 +253,18 @@ pub fn workload_conditions(rollout: &Rollout, deployment_name: &str) -> Vec<Deci
                 rollout.available, rollout.desired
             ),
         )
-    };
-    let progressing = if rollout.deadline_exceeded {
+    }
+}
+
+/// `Progressing` for a rollout that has not completed: under way, or stuck.
+fn progress(rollout: &Rollout, deployment_name: &str) -> Decided {
+    if rollout.deadline_exceeded {
         Decided::falsy(
             PROGRESSING,
             reason::PROGRESS_DEADLINE_EXCEEDED,
             format!(
                 "Deployment {deployment_name} made no progress; its pods are failing to start or become ready (kubectl describe deployment {deployment_name})"
             ),
-        )
-    } else if rollout.complete() {
-        Decided::falsy(
-            PROGRESSING,
-            reason::ROLLOUT_COMPLETE,
-            "the newest configuration is rolled out",
         )
     } else {
         Decided::truthy(
@@ -202,36 +275,7 @@ pub fn workload_conditions(rollout: &Rollout, deployment_name: &str) -> Vec<Deci
                 rollout.updated, rollout.desired, rollout.available
             ),
         )
-    };
-    let ready = if available.status && !rollout.deadline_exceeded && rollout.observed {
-        Decided::truthy(READY, reason::SERVING, "the API serves with the current configuration")
-    } else {
-        Decided::falsy(READY, available.reason, available.message.clone())
-    };
-    vec![
-        Decided::truthy(CONFIG_VALID, reason::RESOLVED, "configuration resolved"),
-        available,
-        progressing,
-        ready,
-    ]
-}
-
-/// Conditions for a DataApi whose config does not resolve: nothing is deployed until it does.
-pub fn invalid_config_conditions(reason: &'static str, message: String) -> Vec<Decided> {
-    vec![
-        Decided::falsy(CONFIG_VALID, reason, message.clone()),
-        Decided::falsy(
-            AVAILABLE,
-            reason::NOT_DEPLOYED,
-            "no runtime is deployed while the configuration is invalid",
-        ),
-        Decided::falsy(
-            PROGRESSING,
-            reason::NOT_DEPLOYED,
-            "no runtime is deployed while the configuration is invalid",
-        ),
-        Decided::falsy(READY, reason, message),
-    ]
+    }
 }
 
 #[cfg(test)]
@@ -353,10 +397,56 @@ mod tests {
 
     #[test]
     fn invalid_config_says_why_in_ready_too() {
-        let conditions = invalid_config_conditions(reason::SECRET_NOT_FOUND, "secret \"x\" not found".into());
+        let conditions = invalid_config_conditions(reason::SECRET_NOT_FOUND, "secret \"x\" not found".into(), None);
 
         assert_eq!(find(&conditions, CONFIG_VALID).reason, reason::SECRET_NOT_FOUND);
         assert_eq!(find(&conditions, READY).message, "secret \"x\" not found");
+        assert_eq!(find(&conditions, AVAILABLE).reason, reason::NOT_DEPLOYED);
         assert!(conditions.iter().all(|c| !c.status));
+    }
+
+    fn rolled_out(replicas: i32, updated: i32, available: i32) -> Rollout {
+        let status = DeploymentStatus {
+            observed_generation: Some(1),
+            replicas: Some(replicas),
+            updated_replicas: Some(updated),
+            available_replicas: Some(available),
+            ..Default::default()
+        };
+        Rollout::of(&deployment(2, status, 1))
+    }
+
+    #[test]
+    fn invalid_config_over_serving_pods_keeps_them_available_but_not_ready() {
+        let rollout = rolled_out(2, 2, 2);
+        let conditions = invalid_config_conditions(
+            reason::SECRET_NOT_FOUND,
+            "secret \"x\" not found".into(),
+            Some((&rollout, "sluice-sales")),
+        );
+
+        assert!(!find(&conditions, CONFIG_VALID).status);
+        assert!(find(&conditions, AVAILABLE).status);
+        assert_eq!(find(&conditions, AVAILABLE).message, "2/2 replicas available");
+        assert_eq!(find(&conditions, PROGRESSING).reason, reason::ROLLOUT_HELD);
+        assert!(!find(&conditions, PROGRESSING).status);
+        let ready = find(&conditions, READY);
+        assert_eq!((ready.status, ready.reason), (false, reason::SECRET_NOT_FOUND));
+        assert_eq!(
+            ready.message,
+            "secret \"x\" not found; the pods keep serving the last valid configuration"
+        );
+    }
+
+    #[test]
+    fn invalid_config_during_a_rollout_reports_the_rollout_and_unavailable_pods() {
+        let rollout = rolled_out(2, 1, 0);
+        let conditions =
+            invalid_config_conditions(reason::INVALID_SPEC, "bad".into(), Some((&rollout, "sluice-sales")));
+
+        assert_eq!(find(&conditions, AVAILABLE).reason, reason::REPLICAS_UNAVAILABLE);
+        assert_eq!(find(&conditions, PROGRESSING).reason, reason::ROLLING_OUT);
+        assert!(find(&conditions, PROGRESSING).status);
+        assert_eq!(find(&conditions, READY).message, "bad");
     }
 }

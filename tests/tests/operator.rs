@@ -436,6 +436,65 @@ async fn a_missing_dsn_secret_is_reported_and_fixed_by_creating_it() {
     wait_condition(&h, "sales", status::READY, "True").await;
 }
 
+#[tokio::test]
+async fn an_invalid_config_over_serving_pods_keeps_them_and_says_so() {
+    let h = harness("op-held").await;
+    let ready = ready_sales(&h).await;
+    let deployment = h.api::<Deployment>().get("sluice-sales").await.unwrap();
+
+    h.api::<Secret>()
+        .delete("sales-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    let api = wait_condition(&h, "sales", status::CONFIG_VALID, "False").await;
+
+    let available = condition(&api, status::AVAILABLE).unwrap();
+    assert_eq!(
+        (
+            available.status.as_str(),
+            available.reason.as_str(),
+            available.message.as_str()
+        ),
+        ("True", status::reason::REPLICAS_AVAILABLE, "2/2 replicas available")
+    );
+    let progressing = condition(&api, status::PROGRESSING).unwrap();
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", status::reason::ROLLOUT_HELD)
+    );
+    let not_ready = condition(&api, status::READY).unwrap();
+    assert_eq!(
+        (not_ready.status.as_str(), not_ready.reason.as_str()),
+        ("False", status::reason::SECRET_NOT_FOUND)
+    );
+    assert!(
+        not_ready
+            .message
+            .ends_with("; the pods keep serving the last valid configuration"),
+        "{}",
+        not_ready.message
+    );
+    let (was, now) = (ready.status.unwrap(), api.status.clone().unwrap());
+    assert_eq!((now.replicas, now.ready_replicas), (Some(2), Some(2)));
+    assert_eq!(
+        (&now.url, &now.rest_url, &now.mcp_url, &now.bound_roles),
+        (&was.url, &was.rest_url, &was.mcp_url, &was.bound_roles)
+    );
+    let kept = h.api::<Deployment>().get("sluice-sales").await.unwrap();
+    assert_eq!(
+        template_hash(&kept),
+        template_hash(&deployment),
+        "the pods were left alone"
+    );
+
+    h.dsn_secret("sales-db", "postgres://u:p@db:5432/sales").await;
+    let api = wait_condition(&h, "sales", status::READY, "True").await;
+    assert_eq!(
+        condition(&api, status::PROGRESSING).unwrap().reason,
+        status::reason::ROLLOUT_COMPLETE
+    );
+}
+
 async fn resource_versions(h: &Harness) -> Vec<(String, String)> {
     let rv = |kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         (

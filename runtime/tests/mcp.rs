@@ -820,6 +820,10 @@ async fn http_refusals_and_response_kinds() {
             .starts_with("text/event-stream"),
         "a 2025-11-25 session answers with SSE: {headers:?}"
     );
+    assert!(
+        headers.contains_key("content-length") && !headers.contains_key("transfer-encoding"),
+        "a quick SSE answer is sent whole, in one write: {headers:?}"
+    );
     assert!(headers.get("mcp-session-id").is_some());
     assert!(body.contains("\"protocolVersion\":\"2025-11-25\""), "{body}");
 

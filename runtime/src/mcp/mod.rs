@@ -18,6 +18,7 @@
 
 mod call;
 mod named;
+mod one_write;
 mod resources;
 mod tools;
 
@@ -177,7 +178,11 @@ async fn admit(request: Request, next: Next) -> Response {
             "ask the operator of this API to set spec.mcp.enabled on the ApiRole, or use the REST API",
         );
     }
+    let posted = request.method() == axum::http::Method::POST;
     let mut response = next.run(request).await;
+    if posted && one_write::is_event_stream(response.headers()) {
+        response = one_write::coalesce(response, one_write::QUICK_ANSWER).await;
+    }
     // Answered by rmcp: tool calls write their own audit lines.
     response.extensions_mut().insert(AuditedByEndpoint);
     response

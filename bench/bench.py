@@ -38,6 +38,7 @@ BASE_PATH = "/api/v1"
 MCP_PATH = "/mcp"
 KEY_HEADER = "X-API-Key"
 MCP_PROTOCOL = "2025-11-25"
+MCP_STATELESS_PROTOCOL = "2026-07-28"
 ROLE = "bench"
 KEY_NAME = "load"
 # Starts timed per run on the 100-table schema; the run reports their median.
@@ -290,7 +291,10 @@ CASES = [
     Case("list_country", "list_country.lua", "list_country.sql", "GET /customers?country=eq.X&order=id&limit=20"),
     # Right after the REST list it is compared with, so the two meet the machine in as close to
     # the same state as one run allows (the writes of insert_order come later).
-    Case("mcp_query_rows", "mcp_query_rows.lua", "list_country.sql", "MCP tools/call query_rows, list_country"),
+    Case("mcp_query_rows", "mcp_query_rows.lua", "list_country.sql",
+         f"MCP {MCP_PROTOCOL} session: tools/call query_rows, list_country"),
+    Case("mcp_stateless", "mcp_query_rows.lua", "list_country.sql",
+         f"MCP {MCP_STATELESS_PROTOCOL}, no session: tools/call query_rows, list_country"),
     Case("embed_orders", "embed_orders.lua", "embed_orders.sql", "list_country + orders(id,amount,status)"),
     Case("insert_order", "insert_order.lua", "insert_order.sql", "POST /orders (one row)"),
     # The ceiling, not a workload: its ratio says what fraction of pgbench's get_by_pk rate plain
@@ -353,33 +357,48 @@ def preflight(case: Case, port: int, key: str) -> str | None:
 
 @dataclass
 class McpSession:
-    session_id: str
+    """How wrk calls the tool: the revision's headers (a session id for 2025-11-25) and the body."""
+    headers: dict[str, str]
     body_template: str
 
 
-def open_mcp_session(port: int, key: str, arguments_file: Path) -> tuple[McpSession | None, str | None]:
-    """initialize, notifications/initialized, one checked tools/call; returns the session or why the case is skipped."""
+def open_mcp_session(port: int, key: str, arguments_file: Path,
+                     stateless: bool) -> tuple[McpSession | None, str | None]:
+    """One checked tools/call, after initialize and notifications/initialized for a 2025-11-25 session;
+    returns how to call, or why the case is skipped."""
     headers = {KEY_HEADER: key, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-    initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-                  "params": {"protocolVersion": MCP_PROTOCOL, "capabilities": {},
-                             "clientInfo": {"name": "sluice-bench", "version": "0.1.0"}}}
-    status, response_headers, body = http_call(port, "POST", MCP_PATH, headers, json.dumps(initialize))
-    if status == 404:
-        return None, f"MCP endpoint not available (POST {MCP_PATH} answered 404)"
-    if status != 200:
-        return None, f"MCP initialize answered HTTP {status}: {body[:300]}"
-    lowered = {name.lower(): value for name, value in response_headers.items()}
-    session_id = lowered.get("mcp-session-id")
-    if not session_id:
-        return None, "MCP initialize answered without an Mcp-Session-Id header"
-    headers.update({"Mcp-Session-Id": session_id, "MCP-Protocol-Version": MCP_PROTOCOL})
-    http_call(port, "POST", MCP_PATH, headers, json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+    params: dict = {"name": "query_rows", "arguments": json.loads(arguments_file.read_text())}
+    if stateless:
+        # 2026-07-28: no handshake; each request names its revision, and its headers repeat the method and tool.
+        params["_meta"] = {"io.modelcontextprotocol/protocolVersion": MCP_STATELESS_PROTOCOL,
+                           "io.modelcontextprotocol/clientInfo": {"name": "sluice-bench", "version": "0.1.0"},
+                           "io.modelcontextprotocol/clientCapabilities": {}}
+        call_headers = {"MCP-Protocol-Version": MCP_STATELESS_PROTOCOL, "Mcp-Method": "tools/call",
+                        "Mcp-Name": "query_rows"}
+    else:
+        initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                      "params": {"protocolVersion": MCP_PROTOCOL, "capabilities": {},
+                                 "clientInfo": {"name": "sluice-bench", "version": "0.1.0"}}}
+        status, response_headers, body = http_call(port, "POST", MCP_PATH, headers, json.dumps(initialize))
+        if status == 404:
+            return None, f"MCP endpoint not available (POST {MCP_PATH} answered 404)"
+        if status != 200:
+            return None, f"MCP initialize answered HTTP {status}: {body[:300]}"
+        lowered = {name.lower(): value for name, value in response_headers.items()}
+        session_id = lowered.get("mcp-session-id")
+        if not session_id:
+            return None, "MCP initialize answered without an Mcp-Session-Id header"
+        call_headers = {"Mcp-Session-Id": session_id, "MCP-Protocol-Version": MCP_PROTOCOL}
+        http_call(port, "POST", MCP_PATH, {**headers, **call_headers},
+                  json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+    headers.update(call_headers)
 
-    arguments = json.loads(arguments_file.read_text())
     template = json.dumps({"jsonrpc": "2.0", "id": "__ID__", "method": "tools/call",
-                           "params": {"name": "query_rows", "arguments": arguments}}).replace('"__ID__"', "__ID__")
+                           "params": params}).replace('"__ID__"', "__ID__")
     status, response_headers, body = http_call(
         port, "POST", MCP_PATH, headers, template.replace("__ID__", "1").replace("__COUNTRY__", "FR"))
+    if status == 404:
+        return None, f"MCP endpoint not available (POST {MCP_PATH} answered 404)"
     content_type = {n.lower(): v for n, v in response_headers.items()}.get("content-type", "")
     problem = None
     if status != 200:
@@ -401,7 +420,7 @@ def open_mcp_session(port: int, key: str, arguments_file: Path) -> tuple[McpSess
                     schema = json.dumps(tool.get("inputSchema"))
         return None, (f"MCP query_rows refused the arguments in {arguments_file.name} ({problem}); "
                       f"edit that file to match the tool's input schema: {schema[:600]}")
-    return McpSession(session_id, template), None
+    return McpSession(call_headers, template), None
 
 
 def run_wrk(case: Case, port: int, key: str, duration: int, connections: int, threads: int,
@@ -409,8 +428,8 @@ def run_wrk(case: Case, port: int, key: str, duration: int, connections: int, th
     env = {**os.environ, "SLUICE_BENCH_LUA_DIR": str(LUA_DIR), "SLUICE_BENCH_BASE_PATH": BASE_PATH,
            "SLUICE_BENCH_KEY_HEADER": KEY_HEADER, "SLUICE_BENCH_KEY": key}
     if mcp:
-        env.update({"SLUICE_BENCH_MCP_SESSION": mcp.session_id, "SLUICE_BENCH_MCP_BODY": mcp.body_template,
-                    "SLUICE_BENCH_MCP_PATH": MCP_PATH, "SLUICE_BENCH_MCP_PROTOCOL": MCP_PROTOCOL})
+        env.update({"SLUICE_BENCH_MCP_HEADERS": "\n".join(f"{n}: {v}" for n, v in mcp.headers.items()), "SLUICE_BENCH_MCP_BODY": mcp.body_template,
+                    "SLUICE_BENCH_MCP_PATH": MCP_PATH})
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "5s",
                "-s", str(LUA_DIR / case.lua), f"http://127.0.0.1:{port}"]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -488,8 +507,9 @@ def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
         result.memory["idle"] = runtime.memory_mib()["VmRSS"]
         for case in options.cases:
             mcp = None
-            if case.name == "mcp_query_rows":
-                mcp, problem = open_mcp_session(options.port, key, options.mcp_arguments)
+            if case.name in ("mcp_query_rows", "mcp_stateless"):
+                mcp, problem = open_mcp_session(options.port, key, options.mcp_arguments,
+                                                case.name == "mcp_stateless")
             else:
                 problem = preflight(case, options.port, key)
             if problem:
@@ -506,7 +526,7 @@ def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
             figures = {"http": http}
             if case.name == "insert_order":
                 options.postgres.reset_orders()
-            if case.name == "mcp_query_rows" and "list_country" in result.cases:
+            if case.name in ("mcp_query_rows", "mcp_stateless") and "list_country" in result.cases:
                 figures["pgbench"] = result.cases["list_country"]["pgbench"]
                 figures["rest"] = result.cases["list_country"]["http"]
             elif case.name == "http_floor" and "get_by_pk" in result.cases:
@@ -615,6 +635,7 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
         Target("get_by_pk: HTTP p99 < 10 ms", per_run("get_by_pk", "http", "p99_ms"), 10, True, 2),
         Target("list_country: HTTP/pgbench >= 0.50", ratios("list_country"), 0.50, False, 2),
         Target("mcp_query_rows: MCP/REST list >= 0.50", ratios("mcp_query_rows", "rest"), 0.50, False, 2),
+        Target("mcp_stateless: MCP/REST list >= 0.50", ratios("mcp_stateless", "rest"), 0.50, False, 2),
         Target("RSS idle <= 25 MiB", [r.memory.get("idle") for r in results], 25, True, 1),
         Target("RSS after load <= 64 MiB", [r.memory.get("after_load") for r in results], 64, True, 1),
         Target("start to /readyz, 100 tables < 300 ms", [r.start_to_ready_ms for r in results], 300, True, 0),

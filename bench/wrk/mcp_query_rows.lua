@@ -1,10 +1,13 @@
--- MCP tools/call of query_rows for the list-20 query, in the session bench/bench.py opened.
--- SLUICE_BENCH_MCP_BODY is the JSON-RPC request with __ID__ and __COUNTRY__ left to fill in.
+-- MCP tools/call of query_rows for the list-20 query, as bench/bench.py set it up: a session's
+-- headers (2025-11-25) or the stateless revision's (2026-07-28), one "Name: value" per line in
+-- SLUICE_BENCH_MCP_HEADERS. SLUICE_BENCH_MCP_BODY is the JSON-RPC request with __ID__ and
+-- __COUNTRY__ left to fill in.
 dofile(os.getenv("SLUICE_BENCH_LUA_DIR") .. "/common.lua")
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
-wrk.headers["Mcp-Session-Id"] = os.getenv("SLUICE_BENCH_MCP_SESSION")
-wrk.headers["MCP-Protocol-Version"] = os.getenv("SLUICE_BENCH_MCP_PROTOCOL")
+for name, value in os.getenv("SLUICE_BENCH_MCP_HEADERS"):gmatch("([^:\n]+): ([^\n]*)") do
+  wrk.headers[name] = value
+end
 
 local mcp_path = os.getenv("SLUICE_BENCH_MCP_PATH")
 local body_template = os.getenv("SLUICE_BENCH_MCP_BODY")

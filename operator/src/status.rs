@@ -160,15 +160,11 @@ impl Rollout {
 /// `Available`, `Progressing` and `Ready` for a DataApi whose config is valid.
 pub fn workload_conditions(rollout: &Rollout, deployment_name: &str) -> Vec<Decided> {
     let available = availability(rollout, deployment_name);
-    let progressing = if rollout.complete() && !rollout.deadline_exceeded {
-        Decided::falsy(
-            PROGRESSING,
-            reason::ROLLOUT_COMPLETE,
-            "the newest configuration is rolled out",
-        )
-    } else {
-        progress(rollout, deployment_name)
-    };
+    let progressing = progress(
+        rollout,
+        deployment_name,
+        (reason::ROLLOUT_COMPLETE, "the newest configuration is rolled out"),
+    );
     let ready = if available.status && !rollout.deadline_exceeded && rollout.observed {
         Decided::truthy(READY, reason::SERVING, "the API serves with the current configuration")
     } else {
@@ -208,15 +204,14 @@ pub fn invalid_config_conditions(
         ];
     };
     let available = availability(rollout, deployment_name);
-    let progressing = if rollout.complete() && !rollout.deadline_exceeded {
-        Decided::falsy(
-            PROGRESSING,
+    let progressing = progress(
+        rollout,
+        deployment_name,
+        (
             reason::ROLLOUT_HELD,
             "the pods run the last valid configuration; changes roll out once ConfigValid is True again",
-        )
-    } else {
-        progress(rollout, deployment_name)
-    };
+        ),
+    );
     let ready_message = if available.status {
         format!("{message}; the pods keep serving the last valid configuration")
     } else {
@@ -256,8 +251,9 @@ fn availability(rollout: &Rollout, deployment_name: &str) -> Decided {
     }
 }
 
-/// `Progressing` for a rollout that has not completed: under way, or stuck.
-fn progress(rollout: &Rollout, deployment_name: &str) -> Decided {
+/// `Progressing` from the Deployment's rollout: stuck, done (False with the reason and message
+/// of `done`), or under way.
+fn progress(rollout: &Rollout, deployment_name: &str, done: (&'static str, &'static str)) -> Decided {
     if rollout.deadline_exceeded {
         Decided::falsy(
             PROGRESSING,
@@ -266,6 +262,8 @@ fn progress(rollout: &Rollout, deployment_name: &str) -> Decided {
                 "Deployment {deployment_name} made no progress; its pods are failing to start or become ready (kubectl describe deployment {deployment_name})"
             ),
         )
+    } else if rollout.complete() {
+        Decided::falsy(PROGRESSING, done.0, done.1)
     } else {
         Decided::truthy(
             PROGRESSING,

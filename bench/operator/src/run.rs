@@ -295,7 +295,9 @@ where
         .applied_objects();
     let mut changes = std::pin::pin!(changes);
     let mut finished = HashSet::new();
-    let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
+    // The first count comes one interval in: printed at once, it would say 0 before the
+    // watch's first list had arrived.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_INTERVAL, PROGRESS_INTERVAL);
     let deadline = tokio::time::Instant::from_std(deadline);
     loop {
         tokio::select! {

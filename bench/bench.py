@@ -428,8 +428,8 @@ def run_wrk(case: Case, port: int, key: str, duration: int, connections: int, th
     env = {**os.environ, "SLUICE_BENCH_LUA_DIR": str(LUA_DIR), "SLUICE_BENCH_BASE_PATH": BASE_PATH,
            "SLUICE_BENCH_KEY_HEADER": KEY_HEADER, "SLUICE_BENCH_KEY": key}
     if mcp:
-        env.update({"SLUICE_BENCH_MCP_HEADERS": "\n".join(f"{n}: {v}" for n, v in mcp.headers.items()), "SLUICE_BENCH_MCP_BODY": mcp.body_template,
-                    "SLUICE_BENCH_MCP_PATH": MCP_PATH})
+        env.update({"SLUICE_BENCH_MCP_HEADERS": "\n".join(f"{n}: {v}" for n, v in mcp.headers.items()),
+                    "SLUICE_BENCH_MCP_BODY": mcp.body_template, "SLUICE_BENCH_MCP_PATH": MCP_PATH})
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "5s",
                "-s", str(LUA_DIR / case.lua), f"http://127.0.0.1:{port}"]
     result = subprocess.run(command, env=env, capture_output=True, text=True)

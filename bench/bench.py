@@ -301,6 +301,8 @@ CASES = [
     # HTTP reaches on this machine when it also does no database work at all.
     Case("http_floor", "http_floor.lua", "get_by_pk.sql", "GET /healthz (HTTP alone: no auth, no database)"),
 ]
+# The MCP cases, each measured against the REST list; the stateless one speaks 2026-07-28.
+MCP_CASES = ("mcp_query_rows", "mcp_stateless")
 
 
 @dataclass
@@ -507,7 +509,7 @@ def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
         result.memory["idle"] = runtime.memory_mib()["VmRSS"]
         for case in options.cases:
             mcp = None
-            if case.name in ("mcp_query_rows", "mcp_stateless"):
+            if case.name in MCP_CASES:
                 mcp, problem = open_mcp_session(options.port, key, options.mcp_arguments,
                                                 case.name == "mcp_stateless")
             else:
@@ -526,7 +528,7 @@ def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
             figures = {"http": http}
             if case.name == "insert_order":
                 options.postgres.reset_orders()
-            if case.name in ("mcp_query_rows", "mcp_stateless") and "list_country" in result.cases:
+            if case.name in MCP_CASES and "list_country" in result.cases:
                 figures["pgbench"] = result.cases["list_country"]["pgbench"]
                 figures["rest"] = result.cases["list_country"]["http"]
             elif case.name == "http_floor" and "get_by_pk" in result.cases:

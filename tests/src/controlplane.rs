@@ -187,6 +187,15 @@ impl ControlPlane {
         self.work_dir.join("logs/audit.log")
     }
 
+    /// The name and process id of each running component (etcd, kube-apiserver, …), for
+    /// benchmarks that account for the control plane's CPU.
+    pub fn component_pids(&self) -> Vec<(&'static str, u32)> {
+        self.lock_components()
+            .iter()
+            .map(|component| (component.name, component.child.id()))
+            .collect()
+    }
+
     /// A `kubectl` command (the same Kubernetes version as the server) already
     /// pointed at this control plane; add arguments and run it.
     pub fn kubectl(&self) -> Command {

@@ -21,6 +21,7 @@ use sluice_operator::status::Rollout;
 use sluice_tests::controlplane::ControlPlane;
 use sluice_tests::crds::install_crds;
 
+use crate::cpu::ControlPlaneCpu;
 use crate::objects;
 use crate::run::{BENCH_MANAGER, dynamic, watch_until_done};
 
@@ -33,6 +34,8 @@ pub struct FloorFigures {
     pub complete: usize,
     /// Seconds the applies took (part of `complete_seconds`).
     pub apply_seconds: f64,
+    /// The control plane's CPU time from the first apply until every rollout was complete.
+    pub control_plane_cpu: ControlPlaneCpu,
 }
 
 /// Measures the floor once on this process's control plane.
@@ -43,6 +46,7 @@ pub async fn run(data_apis: usize, apply_concurrency: usize, timeout: Duration) 
     let client = control_plane.client();
 
     let started = Instant::now();
+    let cpu_before = ControlPlaneCpu::sample(control_plane)?;
     Api::<Secret>::namespaced(client.clone(), &namespace)
         .patch(
             objects::DSN_SECRET,
@@ -68,10 +72,12 @@ pub async fn run(data_apis: usize, apply_concurrency: usize, timeout: Duration) 
         );
     })
     .await?;
+    let complete_seconds = all.then(|| started.elapsed().as_secs_f64());
     Ok(FloorFigures {
-        complete_seconds: all.then(|| started.elapsed().as_secs_f64()),
+        complete_seconds,
         complete,
         apply_seconds,
+        control_plane_cpu: ControlPlaneCpu::sample(control_plane)? - cpu_before,
     })
 }
 

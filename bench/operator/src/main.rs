@@ -7,6 +7,7 @@
 //! With `--floor`, each run also measures the harness's floor (`floor.rs`) in another child.
 
 mod audit;
+mod cpu;
 mod floor;
 mod objects;
 mod run;
@@ -21,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::audit::Writes;
+use crate::cpu::ControlPlaneCpu;
 use crate::floor::FloorFigures;
 use crate::run::{Figures, Settings};
 
@@ -246,6 +248,12 @@ fn report(args: &Args, runs: &[Figures], floors: &[FloorFigures]) -> String {
             String::new(),
         ],
         [
+            "control plane CPU while converging, s: kube-apiserver / etcd / all".to_owned(),
+            control_plane_cpu_cell(runs.iter().map(|run| run.converge_control_plane_cpu)),
+            String::new(),
+            String::new(),
+        ],
+        [
             "operator RSS after the resync, MiB".to_owned(),
             spread(runs.iter().map(|run| run.final_rss_mib).collect(), 1),
             String::new(),
@@ -274,6 +282,24 @@ fn report(args: &Args, runs: &[Figures], floors: &[FloorFigures]) -> String {
         rows.push([
             "floor: its applies, s".to_owned(),
             spread(floors.iter().map(|floor| floor.apply_seconds).collect(), 1),
+            String::new(),
+            String::new(),
+        ]);
+        rows.push([
+            "floor: control plane CPU, s: kube-apiserver / etcd / all".to_owned(),
+            control_plane_cpu_cell(floors.iter().map(|floor| floor.control_plane_cpu)),
+            String::new(),
+            String::new(),
+        ]);
+        rows.push([
+            "kube-apiserver CPU, operator run / its floor".to_owned(),
+            spread(
+                runs.iter()
+                    .zip(floors)
+                    .map(|(run, floor)| run.converge_control_plane_cpu.api_server / floor.control_plane_cpu.api_server)
+                    .collect(),
+                2,
+            ),
             String::new(),
             String::new(),
         ]);
@@ -315,6 +341,17 @@ fn breakdown(phase: &str, writes: &Writes) -> String {
         out.push_str(&format!("    {count:>6}  {request}\n"));
     }
     out
+}
+
+/// One cell for the control plane's CPU over several runs: kube-apiserver / etcd / all.
+fn control_plane_cpu_cell(samples: impl Iterator<Item = ControlPlaneCpu> + Clone) -> String {
+    let part = |pick: fn(&ControlPlaneCpu) -> f64| spread(samples.clone().map(|sample| pick(&sample)).collect(), 1);
+    format!(
+        "{} / {} / {}",
+        part(|sample| sample.api_server),
+        part(|sample| sample.etcd),
+        part(|sample| sample.total)
+    )
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -24,6 +24,7 @@ use sluice_tests::e2e::{Process, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::audit::{self, Writes};
+use crate::cpu::{ControlPlaneCpu, cpu_seconds};
 use crate::objects;
 
 /// The operator's ServiceAccount; its writes are the ones counted.
@@ -75,6 +76,8 @@ pub struct Figures {
     pub converge_reconciles: Reconciles,
     /// Its CPU time (user + system) until every DataApi was Ready, in seconds.
     pub converge_cpu_seconds: f64,
+    /// The control plane's CPU time from the first apply until every DataApi was Ready.
+    pub converge_control_plane_cpu: ControlPlaneCpu,
 }
 
 /// Runs the benchmark once on this process's control plane.
@@ -109,6 +112,7 @@ pub async fn run(settings: &Settings, log_dir: &Path) -> Result<Figures> {
     let started = Instant::now();
     let from = audit::position(&audit_log)?;
     let cpu_before = cpu_seconds(operator.id())?;
+    let control_plane_before = ControlPlaneCpu::sample(control_plane)?;
     let reconciles_at_start = reconciles_by_controller(metrics_address).await?;
     apply_objects(&client, &namespace, settings).await?;
     let apply_seconds = started.elapsed().as_secs_f64();
@@ -122,6 +126,7 @@ pub async fn run(settings: &Settings, log_dir: &Path) -> Result<Figures> {
     let (ready, ready_seconds) = wait_until_ready(&apis, settings, started, &mut operator).await?;
     let converged = audit::position(&audit_log)?;
     let converge_cpu_seconds = cpu_seconds(operator.id())? - cpu_before;
+    let converge_control_plane_cpu = ControlPlaneCpu::sample(control_plane)? - control_plane_before;
     let converge_reconciles = reconciles_by_controller(metrics_address).await? - reconciles_at_start;
     let converge_writes = audit::writes_between(&audit_log, &username, from, converged)?;
     match ready_seconds {
@@ -154,6 +159,7 @@ pub async fn run(settings: &Settings, log_dir: &Path) -> Result<Figures> {
         resync_reconciles,
         converge_reconciles,
         converge_cpu_seconds,
+        converge_control_plane_cpu,
     })
 }
 
@@ -412,22 +418,4 @@ fn memory_mib(pid: u32) -> Result<(f64, f64)> {
         Ok(kib / 1024.0)
     };
     Ok((field("VmHWM:")?, field("VmRSS:")?))
-}
-
-/// User plus system CPU time of process `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
-    // The command name, in parentheses, may contain spaces: count fields after its end.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
-    let (Some(user), Some(system)) = (fields.get(11), fields.get(12)) else {
-        bail!("/proc/{pid}/stat is shorter than expected");
-    };
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((user.parse::<f64>()? + system.parse::<f64>()?) / ticks)
 }

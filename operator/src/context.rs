@@ -18,6 +18,7 @@ use sluice_crds::{ApiRole, DataApi};
 
 use crate::applied::AppliedChildren;
 use crate::metrics::Metrics;
+use crate::references::References;
 use crate::secrets::SecretDigests;
 
 /// The one field manager of every server-side apply the operator makes.
@@ -51,6 +52,8 @@ pub struct Caches {
     pub services: Store<PartialObjectMeta<Service>>,
     /// The DataApis' PodDisruptionBudgets' metadata.
     pub budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    /// Who names whom among the DataApis, roles and Secrets, kept by the same watches.
+    pub references: Arc<References>,
 }
 
 /// Shared by every reconcile.
@@ -63,6 +66,8 @@ pub struct Context {
     pub roles: Store<ApiRole>,
     /// Cached DataApis, kept current by a watch.
     pub data_apis: Store<DataApi>,
+    /// Who names whom among the cached DataApis, roles and Secrets.
+    pub references: Arc<References>,
     /// Digests of the Secrets' values, read once per Secret version.
     pub secrets: SecretDigests,
     /// The DataApis' Deployments, kept current by a watch.
@@ -102,6 +107,7 @@ impl Context {
             settings,
             roles: caches.roles,
             data_apis: caches.data_apis,
+            references: caches.references,
             deployments: caches.deployments,
             services: caches.services,
             budgets: caches.budgets,

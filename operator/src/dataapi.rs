@@ -209,13 +209,16 @@ async fn plan(api: &DataApi, ctx: &Context, namespace: &str) -> Result<Result<Pl
         Err(message) => return Ok(Err(Invalid::new(reason::INVALID_SPEC, message))),
     };
 
-    let roles: Vec<ApiRole> = ctx
-        .roles
-        .state()
+    // Checked against the cached role too: the references may be one event ahead of the cache.
+    let mut roles: Vec<ApiRole> = ctx
+        .references
+        .roles_binding(namespace, &name)
         .iter()
-        .filter(|role| crate::in_namespace(role.as_ref(), namespace) && role.spec.data_apis.contains(&name))
-        .map(|role| (**role).clone())
+        .filter_map(|role| ctx.roles.get(role))
+        .filter(|role| role.spec.data_apis.contains(&name))
+        .map(|role| (*role).clone())
         .collect();
+    roles.sort_by_key(ResourceExt::name_any);
     let hashes = match key_hashes(ctx, namespace, &roles).await? {
         Ok(hashes) => hashes,
         Err(invalid) => return Ok(Err(invalid)),

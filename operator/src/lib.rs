@@ -5,6 +5,7 @@
 //! - [`apirole`]: generate and revoke API keys, report bindings.
 //! - [`resources`]: the children as pure values; [`status`]: condition logic; [`keys`]: key material.
 //! - [`applied`]: what was last applied to each child, so unchanged children get no write.
+//! - [`references`]: who names whom among DataApis, roles and Secrets, for the watch events.
 //! - [`leader`]: leader election on a Lease; [`metrics`]: Prometheus metrics and health endpoints.
 
 pub mod apirole;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod references;
 pub mod resources;
 pub mod secrets;
 pub mod status;
@@ -22,7 +24,7 @@ pub mod status;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt, future};
+use futures::{Stream, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -30,12 +32,12 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, controller, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
-use sluice_crds::apirole::is_generated_key_secret_name;
 use sluice_crds::{ApiRole, DataApi};
 use tracing::{info, warn};
 
 pub use context::{Caches, Context, Settings};
 pub use metrics::Metrics;
+use references::References;
 
 /// How long a controller waits after an object's last trigger before reconciling it: a new
 /// DataApi sees a burst of events (its own status, its keys, its Deployment's rollout) that one
@@ -45,8 +47,8 @@ const RECONCILE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis
 /// Label every child the operator applies carries; the child watches select on it.
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=sluice-operator";
 
-/// Whether `object` lives in `namespace`. The event mappers and reconcilers filter every cached
-/// object with it, so it compares in place rather than copying the namespace out.
+/// Whether `object` lives in `namespace`. The search for a role's revoked keys filters every
+/// watched Secret with it, so it compares in place rather than copying the namespace out.
 pub(crate) fn in_namespace<K: Resource>(object: &K, namespace: &str) -> bool {
     object.meta().namespace.as_deref() == Some(namespace)
 }
@@ -65,7 +67,7 @@ where
 /// for their database or JWT secret, and those bound to a role whose key lives in it.
 fn data_apis_for_secret(
     secret: &PartialObjectMeta<Secret>,
-    data_apis: &Store<DataApi>,
+    references: &References,
     roles: &Store<ApiRole>,
 ) -> Vec<ObjectRef<DataApi>> {
     let name = secret.name_any();
@@ -80,51 +82,20 @@ fn data_apis_for_secret(
         .filter(|owner| owner.kind == "DataApi")
         .map(|owner| ObjectRef::new(&owner.name).within(&namespace))
         .collect();
-    for api in data_apis
-        .state()
+    affected.extend(references.data_apis_reading(&namespace, &name));
+    for role in references
+        .roles_keeping_keys_in(&namespace, &name)
         .iter()
-        .filter(|api| in_namespace(api.as_ref(), &namespace))
+        .filter_map(|role| roles.get(role))
     {
-        let names_secret = api
-            .spec
-            .database
-            .connection_secret_ref
-            .as_ref()
-            .is_some_and(|r| r.name == name)
-            || api
-                .spec
-                .auth
-                .jwt
-                .as_ref()
-                .and_then(|j| j.hmac_secret_ref.as_ref())
-                .is_some_and(|r| r.name == name);
-        if names_secret {
-            affected.push(ObjectRef::from(api.as_ref()));
-        }
-    }
-    for role in roles
-        .state()
-        .iter()
-        .filter(|role| in_namespace(role.as_ref(), &namespace))
-    {
-        if role_uses_secret(role, &name) {
-            affected.extend(
-                role.spec
-                    .data_apis
-                    .iter()
-                    .map(|api| ObjectRef::new(api).within(&namespace)),
-            );
-        }
+        affected.extend(
+            role.spec
+                .data_apis
+                .iter()
+                .map(|api| ObjectRef::new(api).within(&namespace)),
+        );
     }
     affected
-}
-
-fn role_uses_secret(role: &ApiRole, secret: &str) -> bool {
-    let role_name = role.meta().name.as_deref().unwrap_or_default();
-    role.spec.api_keys.iter().any(|key| match &key.secret_ref {
-        Some(reference) => reference.name == secret,
-        None => is_generated_key_secret_name(secret, role_name, &key.name),
-    })
 }
 
 /// Runs both controllers for `namespace` (or every namespace) until a shutdown signal, with
@@ -154,16 +125,23 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
     let children = watcher::Config::default().labels(MANAGED_BY).any_semantic();
 
     // The DataApi reconciler reads roles from this cache rather than listing them each time.
+    // The references are updated from each event just before the store, so a lookup never
+    // misses an object the store already has.
+    let references = Arc::new(References::default());
     let (role_cache, role_writer) = reflector::store::<ApiRole>();
+    let role_references = references.clone();
     let role_specs = watcher(scoped::<ApiRole>(&client, namespace), config.clone())
         .default_backoff()
+        .inspect_ok(move |event| role_references.role_event(event))
         .reflect(role_writer)
         .applied_objects()
         .predicate_filter(predicates::generation, PredicateConfig::default());
     let role_controller = Controller::for_stream(role_specs, role_cache.clone()).with_config(controller_config.clone());
     let (data_api_cache, data_api_writer) = reflector::store::<DataApi>();
+    let data_api_references = references.clone();
     let data_api_specs = watcher(scoped::<DataApi>(&client, namespace), config.clone())
         .default_backoff()
+        .inspect_ok(move |event| data_api_references.data_api_event(event))
         .reflect(data_api_writer)
         .applied_objects()
         .predicate_filter(predicates::generation, PredicateConfig::default());
@@ -228,11 +206,12 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
             deployments: deployment_cache,
             services: service_cache,
             budgets: budget_cache,
+            references: references.clone(),
         },
         metrics,
     ));
 
-    let (apis_for_secrets, roles_for_secrets) = (data_api_cache.clone(), role_cache.clone());
+    let (references_for_secrets, roles_for_secrets) = (references.clone(), role_cache.clone());
     let data_apis = data_api_controller
         .owns_shared_stream(deployment_changes)
         .owns_shared_stream(service_changes)
@@ -253,34 +232,20 @@ pub async fn run_with_metrics(client: Client, settings: Settings, namespace: Opt
             },
         )
         .watches_shared_stream(secrets_for_data_apis, move |secret| {
-            data_apis_for_secret(&secret, &apis_for_secrets, &roles_for_secrets)
+            data_apis_for_secret(&secret, &references_for_secrets, &roles_for_secrets)
         })
         .shutdown_on_signal()
         .run(dataapi::reconcile, dataapi::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let (roles_for_apis, roles_for_keys) = (role_cache.clone(), role_cache.clone());
+    let (references_for_apis, references_for_keys) = (references.clone(), references);
     let data_api_changes = watcher(scoped::<DataApi>(&client, namespace), config.clone()).default_backoff();
     let roles = role_controller
         .watches_stream(created_or_deleted(data_api_changes), move |api: DataApi| {
-            let namespace = api.namespace().unwrap_or_default();
-            let name = api.name_any();
-            roles_for_apis
-                .state()
-                .iter()
-                .filter(|role| in_namespace(role.as_ref(), &namespace) && role.spec.data_apis.contains(&name))
-                .map(|role| ObjectRef::from(role.as_ref()))
-                .collect::<Vec<_>>()
+            references_for_apis.roles_binding(&api.namespace().unwrap_or_default(), &api.name_any())
         })
         .watches_shared_stream(secrets_for_roles, move |secret| {
-            let name = secret.name_any();
-            let namespace = secret.namespace().unwrap_or_default();
-            roles_for_keys
-                .state()
-                .iter()
-                .filter(|role| in_namespace(role.as_ref(), &namespace) && role_uses_secret(role, &name))
-                .map(|role| ObjectRef::from(role.as_ref()))
-                .collect::<Vec<_>>()
+            references_for_keys.roles_keeping_keys_in(&secret.namespace().unwrap_or_default(), &secret.name_any())
         })
         .shutdown_on_signal()
         .run(apirole::reconcile, apirole::error_policy, ctx)

@@ -106,7 +106,17 @@ impl ReadVersion {
 pub struct SecretDigests {
     client: Client,
     metadata: Store<PartialObjectMeta<Secret>>,
-    read: Mutex<HashMap<SecretRef, ReadVersion>>,
+    read: Mutex<ReadVersions>,
+}
+
+/// The versions read so far, by Secret.
+#[derive(Default)]
+struct ReadVersions {
+    versions: HashMap<SecretRef, ReadVersion>,
+    /// How many were kept the last time deleted Secrets were forgotten. Secrets created faster
+    /// than the watch shows them are all kept, so the next pass waits for `FORGET_EVERY` more
+    /// rather than running again on every record while the watch catches up.
+    kept: usize,
 }
 
 impl SecretDigests {
@@ -159,20 +169,22 @@ impl SecretDigests {
     }
 
     fn record(&self, reference: SecretRef, read: ReadVersion) {
-        let mut versions = self.read.lock().expect("the Secret digests are never poisoned");
+        let mut read_versions = self.read.lock().expect("the Secret digests are never poisoned");
+        let ReadVersions { versions, kept } = &mut *read_versions;
         // Deleted Secrets are forgotten once the record outgrows the Secrets that exist; a
         // Secret just created may not be watched yet, and is kept.
-        if versions.len() > self.metadata.len() + FORGET_EVERY {
+        if versions.len() > self.metadata.len().max(*kept) + FORGET_EVERY {
             versions.retain(|reference, read| {
                 self.metadata.get(reference).is_some() || read.read_at.elapsed() < UNWATCHED_GRACE
             });
+            *kept = versions.len();
         }
         versions.insert(reference, read);
     }
 
     fn remembered(&self, reference: &SecretRef, resource_version: Option<&str>, key: &str) -> Option<Found> {
-        let versions = self.read.lock().expect("the Secret digests are never poisoned");
-        let read = versions.get(reference)?;
+        let read_versions = self.read.lock().expect("the Secret digests are never poisoned");
+        let read = read_versions.versions.get(reference)?;
         (resource_version.is_some() && read.resource_version.as_deref() == resource_version).then(|| read.find(key))
     }
 }
@@ -263,6 +275,23 @@ mod tests {
         watched(&mut writer, &secret("8", &[("url", "postgres://b")]));
         let read = digests.lookup("team-a", "db", "url").await;
         assert!(read.is_err(), "version 8 must be read from the API server: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn forgetting_waits_for_more_versions_while_the_watch_catches_up() {
+        let (digests, _writer) = digests_without_api_server();
+        for index in 0..=2 * FORGET_EVERY {
+            let mut created = secret("1", &[("api-key", "sluice_abc")]);
+            created.metadata.name = Some(format!("key-{index}"));
+            digests.remember(&created);
+        }
+
+        // One pass, at the first record past FORGET_EVERY, kept every Secret (none is watched
+        // yet, all are new), so the next waits for FORGET_EVERY more instead of running on
+        // every record after it.
+        let read = digests.read.lock().expect("not poisoned");
+        assert_eq!(read.kept, FORGET_EVERY + 1);
+        assert_eq!(read.versions.len(), 2 * FORGET_EVERY + 1);
     }
 
     #[tokio::test]

@@ -162,11 +162,15 @@ pub fn resolve(data_api: &DataApi, roles: &[ApiRole], key_hashes: &KeyHashes) ->
         ));
     }
     let database = resolve_database(&api, data_api)?;
-    let bound: Vec<&ApiRole> = roles
+    let mut bound: Vec<&ApiRole> = roles
         .iter()
         .filter(|role| role.namespace().unwrap_or_default() == namespace)
         .filter(|role| role.spec.data_apis.contains(&name))
         .collect();
+    // The same roles in any order make the same config, byte for byte: callers gather them from
+    // caches whose order changes, and a config that differs only in order would be written again
+    // and reloaded by every pod.
+    bound.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 
     let default_limit = spec.rate_limit.as_ref().map(ResolvedRateLimit::from);
     let mut resolved_roles = BTreeMap::new();
@@ -684,6 +688,26 @@ spec: { dataApis: [marketing], rules: [{ tables: ["*"], verbs: [read] }] }
         .unwrap();
 
         assert_eq!(config.roles.keys().collect::<Vec<_>>(), ["analyst", "viewer"]);
+    }
+
+    #[test]
+    fn the_same_roles_in_any_order_make_the_same_config() {
+        let mut auditor = analyst();
+        auditor.metadata.name = Some("auditor".into());
+        auditor.spec.api_keys[0].name = "report".into();
+        auditor.spec.subjects.jwt_roles.clear();
+        let mut hashes = hashes();
+        hashes.insert_plaintext("auditor", "report", "sk_test_report");
+
+        let one = resolve(&data_api(SALES), &[analyst(), auditor.clone(), viewer()], &hashes).unwrap();
+        let other = resolve(&data_api(SALES), &[viewer(), auditor, analyst()], &hashes).unwrap();
+
+        assert_eq!(
+            serde_json::to_string(&one).unwrap(),
+            serde_json::to_string(&other).unwrap()
+        );
+        let key_ids: Vec<&str> = one.api_keys.iter().map(|key| key.id.as_str()).collect();
+        assert_eq!(key_ids, ["analyst/dashboard", "auditor/report"]);
     }
 
     #[test]

@@ -210,7 +210,7 @@ async fn plan(api: &DataApi, ctx: &Context, namespace: &str) -> Result<Result<Pl
     };
 
     // Checked against the cached role too: the references may be one event ahead of the cache.
-    let mut roles: Vec<ApiRole> = ctx
+    let roles: Vec<ApiRole> = ctx
         .references
         .roles_binding(namespace, &name)
         .iter()
@@ -218,7 +218,6 @@ async fn plan(api: &DataApi, ctx: &Context, namespace: &str) -> Result<Result<Pl
         .filter(|role| role.spec.data_apis.contains(&name))
         .map(|role| (*role).clone())
         .collect();
-    roles.sort_by_key(ResourceExt::name_any);
     let hashes = match key_hashes(ctx, namespace, &roles).await? {
         Ok(hashes) => hashes,
         Err(invalid) => return Ok(Err(invalid)),

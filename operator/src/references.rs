@@ -102,25 +102,16 @@ impl<K: Resource<DynamicType = ()>> Relation<K> {
                 let names = (self.names)(object);
                 self.relisting
                     .get_or_insert_with(Referrers::default)
-                    .set(reference(object), names);
+                    .set(ObjectRef::from(object), names);
             }
             watcher::Event::InitDone => {
                 if let Some(listed) = self.relisting.take() {
                     self.live = listed;
                 }
             }
-            watcher::Event::Apply(object) => self.live.set(reference(object), (self.names)(object)),
-            watcher::Event::Delete(object) => self.live.remove(&reference(object)),
+            watcher::Event::Apply(object) => self.live.set(ObjectRef::from(object), (self.names)(object)),
+            watcher::Event::Delete(object) => self.live.remove(&ObjectRef::from(object)),
         }
-    }
-}
-
-/// Identity only (no resourceVersion or uid), so every version of an object is one referrer.
-fn reference<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
-    let name = object.meta().name.as_deref().unwrap_or_default();
-    match object.meta().namespace.as_deref() {
-        Some(namespace) => ObjectRef::new(name).within(namespace),
-        None => ObjectRef::new(name),
     }
 }
 

@@ -72,9 +72,8 @@ pub async fn run(data_apis: usize, apply_concurrency: usize, timeout: Duration) 
         );
     })
     .await?;
-    let complete_seconds = all.then(|| started.elapsed().as_secs_f64());
     Ok(FloorFigures {
-        complete_seconds,
+        complete_seconds: all.then(|| started.elapsed().as_secs_f64()),
         complete,
         apply_seconds,
         control_plane_cpu: ControlPlaneCpu::sample(control_plane)? - cpu_before,

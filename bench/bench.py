@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Sluice runtime benchmark: REST and MCP load against the release runtime, pgbench with the same SQL.
+"""Sluice runtime benchmark: REST and MCP load against the release runtime, pgbench with the same SQL,
+and the same reads through a peer (bench/peers.py).
 
 Run through `bench/run`, which starts the private PostgreSQL (scripts/services.sh), checks the tools
 and builds the release runtime first. Everything listens on and connects to 127.0.0.1 only.
@@ -24,6 +25,10 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import peers
+import proc
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_DIR = BENCH_DIR / "wrk"
@@ -219,13 +224,10 @@ class Runtime:
         return self.key or ""
 
     def memory_mib(self) -> dict[str, float]:
-        """VmRSS and VmHWM (peak RSS) from /proc, in MiB."""
-        figures = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                figures[name] = int(value.split()[0]) / 1024
-        return figures
+        return proc.memory_mib(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        return proc.cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -284,6 +286,9 @@ class Case:
     lua: str
     sql: str
     description: str
+    # For a peer's case, Sluice's case with the same request: its pgbench figure and its rate are
+    # what the peer's are compared with.
+    twin: str | None = None
 
 
 CASES = [
@@ -300,6 +305,11 @@ CASES = [
     # The ceiling, not a workload: its ratio says what fraction of pgbench's get_by_pk rate plain
     # HTTP reaches on this machine when it also does no database work at all.
     Case("http_floor", "http_floor.lua", "get_by_pk.sql", "GET /healthz (HTTP alone: no auth, no database)"),
+    # The peer, after Sluice has stopped: the same reads through Platformatic DB (bench/peers.py).
+    Case("platformatic_get_by_pk", "platformatic_get_by_pk.lua", "get_by_pk.sql",
+         f"{peers.NAME}: GET /customers/{{random id}}", twin="get_by_pk"),
+    Case("platformatic_list_country", "platformatic_list_country.lua", "list_country.sql",
+         f"{peers.NAME}: GET /customers?where.country.eq=X&orderBy.id=asc&limit=20", twin="list_country"),
 ]
 # The MCP cases, each measured against the REST list; the stateless one speaks 2026-07-28.
 MCP_CASES = ("mcp_query_rows", "mcp_stateless")
@@ -313,6 +323,8 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: int = 0
+    # CPU time the server (the runtime, or the peer) spent per request over the run, in µs.
+    cpu_us: float | None = None
     # Of the requests, those whose read shared a statement, and the statements they shared (the
     # runtime's batch counters over the run); None when the runtime exports no such counters.
     shared_reads: float | None = None
@@ -324,6 +336,7 @@ class RunResult:
     cases: dict[str, dict[str, Figures]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
+    peer_memory: dict[str, float] = field(default_factory=dict)
     start_to_ready_ms: float | None = None
 
 
@@ -425,16 +438,29 @@ def open_mcp_session(port: int, key: str, arguments_file: Path,
     return McpSession(call_headers, template), None
 
 
-def run_wrk(case: Case, port: int, key: str, duration: int, connections: int, threads: int,
+@dataclass
+class Endpoint:
+    """Where wrk sends a case's requests, the credential each carries, and the server's CPU clock."""
+
+    port: int
+    base_path: str
+    key_header: str
+    key: str
+    cpu_seconds: Callable[[], float]
+
+
+def run_wrk(case: Case, endpoint: Endpoint, duration: int, connections: int, threads: int,
             mcp: McpSession | None) -> Figures:
-    env = {**os.environ, "SLUICE_BENCH_LUA_DIR": str(LUA_DIR), "SLUICE_BENCH_BASE_PATH": BASE_PATH,
-           "SLUICE_BENCH_KEY_HEADER": KEY_HEADER, "SLUICE_BENCH_KEY": key}
+    env = {**os.environ, "SLUICE_BENCH_LUA_DIR": str(LUA_DIR), "SLUICE_BENCH_BASE_PATH": endpoint.base_path,
+           "SLUICE_BENCH_KEY_HEADER": endpoint.key_header, "SLUICE_BENCH_KEY": endpoint.key}
     if mcp:
         env.update({"SLUICE_BENCH_MCP_HEADERS": "\n".join(f"{n}: {v}" for n, v in mcp.headers.items()),
                     "SLUICE_BENCH_MCP_BODY": mcp.body_template, "SLUICE_BENCH_MCP_PATH": MCP_PATH})
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "5s",
-               "-s", str(LUA_DIR / case.lua), f"http://127.0.0.1:{port}"]
+               "-s", str(LUA_DIR / case.lua), f"http://127.0.0.1:{endpoint.port}"]
+    cpu_before = endpoint.cpu_seconds()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
+    cpu = endpoint.cpu_seconds() - cpu_before
     summary = next((line for line in result.stdout.splitlines() if line.startswith("SLUICE_BENCH ")), None)
     if result.returncode != 0 or summary is None:
         raise BenchError(f"wrk failed for {case.name}: {result.stderr.strip() or result.stdout.strip()}")
@@ -442,7 +468,8 @@ def run_wrk(case: Case, port: int, key: str, duration: int, connections: int, th
     errors = sum(figures[name] for name in
                  ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
     return Figures(figures["requests"] / (figures["duration_us"] / 1e6), figures["p50_us"] / 1000,
-                   figures["p99_us"] / 1000, errors)
+                   figures["p99_us"] / 1000, errors,
+                   cpu * 1e6 / figures["requests"] if figures["requests"] else None)
 
 
 def run_pgbench(postgres: Postgres, case: Case, duration: int, connections: int, threads: int) -> Figures:
@@ -503,11 +530,34 @@ def choose_row_filter(options, work: Path) -> tuple[bool, str]:
 
 def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
     result = RunResult()
+    run_sluice(options, work, row_filter, number, result)
+    result.start_to_ready_ms = statistics.median(
+        start_to_ready(options, work, number) for _ in range(START_SAMPLES)) * 1000
+    if any(case.twin for case in options.cases):
+        try:
+            run_peer(options, work, number, result)
+        except peers.PeerError as error:
+            for case in options.cases:
+                if case.twin and case.name not in result.cases:
+                    result.skipped[case.name] = str(error)
+            say(f"run {number}: the peer's cases stopped: {error}")
+    return result
+
+
+def measure(case: Case, endpoint: Endpoint, options, mcp: McpSession | None = None) -> Figures:
+    """A case's unmeasured warm-up, then its measured wrk run."""
+    if options.warmup > 0:
+        run_wrk(case, endpoint, options.warmup, options.connections, options.threads, mcp)
+    return run_wrk(case, endpoint, options.duration, options.connections, options.threads, mcp)
+
+
+def run_sluice(options, work: Path, row_filter: bool, number: int, result: RunResult) -> None:
     runtime = start_runtime(options, work, row_filter, BENCH_DATABASE, options.port, f"runtime-run{number}.log")
     try:
         key = runtime.wait_key()
+        endpoint = Endpoint(options.port, BASE_PATH, KEY_HEADER, key, runtime.cpu_seconds)
         result.memory["idle"] = runtime.memory_mib()["VmRSS"]
-        for case in options.cases:
+        for case in (case for case in options.cases if not case.twin):
             mcp = None
             if case.name in MCP_CASES:
                 mcp, problem = open_mcp_session(options.port, key, options.mcp_arguments,
@@ -519,10 +569,8 @@ def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
                 say(f"run {number}: {case.name} skipped: {problem}")
                 continue
             say(f"run {number}: {case.name}: wrk {options.duration:g} s")
-            if options.warmup > 0:
-                run_wrk(case, options.port, key, options.warmup, options.connections, options.threads, mcp)
             counted = batch_counters(options.port)
-            http = run_wrk(case, options.port, key, options.duration, options.connections, options.threads, mcp)
+            http = measure(case, endpoint, options, mcp)
             if counted and (now := batch_counters(options.port)):
                 http.shared_statements, http.shared_reads = now[0] - counted[0], now[1] - counted[1]
             figures = {"http": http}
@@ -545,9 +593,57 @@ def run_once(options, work: Path, row_filter: bool, number: int) -> RunResult:
         result.memory["peak"] = after["VmHWM"]
     finally:
         runtime.stop()
-    result.start_to_ready_ms = statistics.median(
-        start_to_ready(options, work, number) for _ in range(START_SAMPLES)) * 1000
-    return result
+
+
+def run_peer(options, work: Path, number: int, result: RunResult) -> None:
+    """The peer's cases on the same database, Sluice stopped; each takes pgbench's figure from its
+    twin when that ran in this run, so both servers are measured against the same one."""
+    peer = peers.Platformatic(options.peer_dir, options.postgres.url(BENCH_DATABASE), options.port + 2,
+                              options.connections, work / f"platformatic-run{number}.log")
+    try:
+        peer.wait_ready()
+        endpoint = Endpoint(peer.port, "", "Authorization", peer.authorization, peer.cpu_seconds)
+        result.peer_memory["idle"] = peer.memory_mib()["VmRSS"]
+        problem = peer.governance_problem()
+        for case in (case for case in options.cases if case.twin):
+            if problem is None:
+                problem = peer_preflight(case, peer)
+            if problem:
+                result.skipped[case.name] = problem
+                say(f"run {number}: {case.name} skipped: {problem}")
+                continue
+            say(f"run {number}: {case.name}: wrk {options.duration:g} s")
+            figures = {"http": measure(case, endpoint, options)}
+            if case.twin in result.cases:
+                figures["pgbench"] = result.cases[case.twin]["pgbench"]
+                figures["sluice"] = result.cases[case.twin]["http"]
+            else:
+                say(f"run {number}: {case.name}: pgbench {options.duration:g} s")
+                figures["pgbench"] = run_pgbench(options.postgres, case, options.duration, options.connections,
+                                                 options.threads)
+            result.cases[case.name] = figures
+        after = peer.memory_mib()
+        result.peer_memory["after_load"] = after["VmRSS"]
+        result.peer_memory["peak"] = after["VmHWM"]
+    finally:
+        peer.stop()
+
+
+def peer_preflight(case: Case, peer: peers.Platformatic) -> str | None:
+    """One request of the peer's case by hand, checked as Sluice's twin case is; returns why it fails, or None."""
+    fields = f"fields={peers.CUSTOMER_FIELDS}"
+    if case.twin == "get_by_pk":
+        status, body = peers.get(peer.port, f"/customers/1?{fields}", peer.headers())
+        row = json.loads(body) if status == 200 else {}
+        ok = str(row.get("id")) == "1" and "email" not in row
+    elif case.twin == "list_country":
+        status, body = peers.get(peer.port, f"/customers?{fields}&where.country.eq=FR&orderBy.id=asc&limit=20",
+                                 peer.headers())
+        rows = json.loads(body) if status == 200 else []
+        ok = len(rows) == 20 and all(row.get("country") == "FR" and "email" not in row for row in rows)
+    else:
+        raise AssertionError(case.name)
+    return None if ok else f"{case.description}: HTTP {status}: {body[:300]}"
 
 
 def start_to_ready(options, work: Path, number: int) -> float:
@@ -621,16 +717,18 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
     rows = []
     for case in options.cases:
         if not any(case.name in r.cases for r in results):
-            rows.append([case.name, "skipped (see note)"] + [""] * 8)
+            rows.append([case.name, "skipped (see note)"] + [""] * 9)
             continue
         errors = sum(r.cases[case.name]["http"].errors for r in results if case.name in r.cases)
         rows.append([case.name, spread(per_run(case.name, "http", "rate"), 0),
                      spread(per_run(case.name, "http", "p50_ms"), 2), spread(per_run(case.name, "http", "p99_ms"), 2),
+                     spread(per_run(case.name, "http", "cpu_us"), 0),
                      spread(per_run(case.name, "pgbench", "rate"), 0), spread(per_run(case.name, "pgbench", "p50_ms"), 2),
                      spread(per_run(case.name, "pgbench", "p99_ms"), 2), spread(ratios(case.name), 2), str(errors),
                      sharing(case.name)])
-    cases_table = render_table(["case", "HTTP req/s", "p50 ms", "p99 ms", "pgbench tps", "pg p50 ms", "pg p99 ms",
-                                "HTTP/pgbench", "HTTP errors", "reads/shared statement (share)"], rows)
+    cases_table = render_table(["case", "HTTP req/s", "p50 ms", "p99 ms", "server CPU µs/req", "pgbench tps",
+                                "pg p50 ms", "pg p99 ms", "HTTP/pgbench", "HTTP errors",
+                                "reads/shared statement (share)"], rows)
 
     targets = [
         Target("get_by_pk: HTTP/pgbench >= 0.70", ratios("get_by_pk"), 0.70, False, 2),
@@ -647,10 +745,42 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
     if any("http_floor" in r.cases for r in results):
         target_rows.append(["HTTP alone (/healthz)/pgbench get_by_pk, the ceiling", spread(ratios("http_floor"), 2), ""])
     targets_table = render_table(["target", "measured", "mark"], target_rows)
+    tables = [cases_table, targets_table]
+    if any(r.peer_memory for r in results):
+        tables.append(peer_table(results, options))
     header = (f"{len(results)} run(s) x {options.duration:g} s per case, {options.connections} connections, "
               f"{options.threads} threads (wrk and pgbench -M prepared alike), {row_filter_note}; "
               "cells are the median (min–max) when there are several runs; marks use the median")
-    return "\n".join([header, "", cases_table, "", targets_table])
+    return "\n\n".join([header] + tables)
+
+
+def peer_table(results: list[RunResult], options) -> str:
+    """Sluice beside the peer, per run and then median (min–max): rates, CPU per request, memory."""
+    def figures(case: str, side: str, metric: str) -> list[float]:
+        return [getattr(r.cases[case][side], metric) for r in results if case in r.cases and side in r.cases[case]]
+
+    def quotients(case: str, side: str, metric: str, numerator: str) -> list[float]:
+        pairs = [(getattr(r.cases[case]["sluice"], metric), getattr(r.cases[case]["http"], metric))
+                 for r in results if case in r.cases and "sluice" in r.cases[case]]
+        return [(s / p if numerator == "sluice" else p / s) for s, p in pairs if s and p]
+
+    rows = []
+    for case in (case for case in options.cases if case.twin):
+        rows.append([f"{case.twin}: req/s", spread(figures(case.name, "sluice", "rate"), 0),
+                     spread(figures(case.name, "http", "rate"), 0),
+                     spread(quotients(case.name, "http", "rate", "sluice"), 1) + " × the peer's rate"])
+        rows.append([f"{case.twin}: p99 ms", spread(figures(case.name, "sluice", "p99_ms"), 2),
+                     spread(figures(case.name, "http", "p99_ms"), 2), ""])
+        rows.append([f"{case.twin}: server CPU µs/req", spread(figures(case.name, "sluice", "cpu_us"), 0),
+                     spread(figures(case.name, "http", "cpu_us"), 0),
+                     spread(quotients(case.name, "http", "cpu_us", "peer"), 1) + " × less CPU per request"])
+    for label, name in (("RSS idle, MiB", "idle"), ("RSS after load, MiB", "after_load"), ("peak RSS, MiB", "peak")):
+        sluice = [r.memory.get(name) for r in results]
+        peer = [r.peer_memory.get(name) for r in results]
+        smaller = [p / s for s, p in zip(sluice, peer) if s and p]
+        rows.append([label, spread(sluice, 1), spread(peer, 1), spread(smaller, 1) + " × smaller"])
+    return render_table(["Sluice against its peer, same database and load", "Sluice", peers.NAME, "Sluice's lead"],
+                        rows)
 
 
 def parse_options(argv: list[str]):
@@ -661,7 +791,8 @@ def parse_options(argv: list[str]):
     parser.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured HTTP load before each case")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections, wrk and pgbench (16)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads and pgbench -j (2)")
-    parser.add_argument("--port", type=int, default=18080, help="runtime port on 127.0.0.1; the start test uses PORT+1")
+    parser.add_argument("--port", type=int, default=18080,
+                        help="runtime port on 127.0.0.1; the start test uses PORT+1, the peer PORT+2")
     parser.add_argument("--cases", default=",".join(case.name for case in CASES),
                         help="comma-separated subset of: " + ", ".join(case.name for case in CASES))
     parser.add_argument("--row-filter", choices=["auto", "on", "off"], default="auto",
@@ -674,6 +805,7 @@ def parse_options(argv: list[str]):
     parser.add_argument("--pgbench", required=True, help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, required=True, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    options.peer_dir = None
     by_name = {case.name: case for case in CASES}
     unknown = [name for name in options.cases.split(",") if name not in by_name]
     if unknown:
@@ -700,6 +832,16 @@ def main(argv: list[str]) -> int:
     manifests(work / f"manifests-{SCHEMA100_DATABASE}", SCHEMA100_DATABASE.replace("_", "-"), options.connections,
               False)
     row_filter, row_filter_note = choose_row_filter(options, work)
+    peer_note = None
+    if any(case.twin for case in options.cases):
+        try:
+            options.peer_dir, installed = peers.install(work)
+            if installed:
+                say(f"installed {peers.NAME} in {options.peer_dir} (npm ci; once per change of its lock file)")
+        except peers.PeerError as error:
+            peer_note = str(error)
+            options.cases = [case for case in options.cases if not case.twin]
+            say(f"the peer's cases are left out: {peer_note}")
     results = []
     for number in range(1, options.runs + 1):
         say(f"run {number} of {options.runs}")
@@ -712,6 +854,8 @@ def main(argv: list[str]) -> int:
         reasons = {r.skipped[case.name] for r in results if case.name in r.skipped}
         for reason in reasons:
             print(f"note: {case.name} skipped: {reason}")
+    if peer_note:
+        print(f"note: the peer's cases were left out: {peer_note}")
     print(f"\n(saved to {work}/results-{stamp}.txt; runtime logs in {work})")
     return 0
 

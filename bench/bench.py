@@ -764,21 +764,24 @@ def peer_table(results: list[RunResult], options) -> str:
                  for r in results if case in r.cases and "sluice" in r.cases[case]]
         return [(s / p if numerator == "sluice" else p / s) for s, p in pairs if s and p]
 
+    def lead(values: list[float], words: str) -> str:
+        return f"{spread(values, 1)} × {words}" if values else "-"
+
     rows = []
     for case in (case for case in options.cases if case.twin):
         rows.append([f"{case.twin}: req/s", spread(figures(case.name, "sluice", "rate"), 0),
                      spread(figures(case.name, "http", "rate"), 0),
-                     spread(quotients(case.name, "http", "rate", "sluice"), 1) + " × the peer's rate"])
+                     lead(quotients(case.name, "http", "rate", "sluice"), "the peer's rate")])
         rows.append([f"{case.twin}: p99 ms", spread(figures(case.name, "sluice", "p99_ms"), 2),
                      spread(figures(case.name, "http", "p99_ms"), 2), ""])
         rows.append([f"{case.twin}: server CPU µs/req", spread(figures(case.name, "sluice", "cpu_us"), 0),
                      spread(figures(case.name, "http", "cpu_us"), 0),
-                     spread(quotients(case.name, "http", "cpu_us", "peer"), 1) + " × less CPU per request"])
+                     lead(quotients(case.name, "http", "cpu_us", "peer"), "less CPU per request")])
     for label, name in (("RSS idle, MiB", "idle"), ("RSS after load, MiB", "after_load"), ("peak RSS, MiB", "peak")):
         sluice = [r.memory.get(name) for r in results]
         peer = [r.peer_memory.get(name) for r in results]
         smaller = [p / s for s, p in zip(sluice, peer) if s and p]
-        rows.append([label, spread(sluice, 1), spread(peer, 1), spread(smaller, 1) + " × smaller"])
+        rows.append([label, spread(sluice, 1), spread(peer, 1), lead(smaller, "smaller")])
     return render_table(["Sluice against its peer, same database and load", "Sluice", peers.NAME, "Sluice's lead"],
                         rows)
 

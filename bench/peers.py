@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -113,9 +114,12 @@ class Platformatic:
         self._secret = secrets.token_hex(32)
         self.authorization = "Bearer " + token(self._secret, {ROLE_CLAIM: ROLE, MIN_BALANCE_CLAIM: 0,
                                                               MIN_AMOUNT_CLAIM: 0})
+        # It holds the token's signing secret and the database password: readable by this user only.
         config_path = log_path.with_suffix(".json")
-        config_path.write_text(json.dumps(config(database_url, port, pool_size, self._secret), indent=2))
-        config_path.chmod(0o600)
+        config_path.unlink(missing_ok=True)
+        descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(config(database_url, port, pool_size, self._secret), file, indent=2)
         self._log_path = log_path
         self._log = log_path.open("ab")
         self.started = time.monotonic()

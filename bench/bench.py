@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -168,7 +167,7 @@ spec:
 """)
 
 
-class Runtime:
+class Runtime(proc.Server):
     """One `sluice-runtime serve --manifests` process on 127.0.0.1."""
 
     def __init__(self, binary: Path, manifests_dir: Path, database_url: str, port: int, log_path: Path,
@@ -222,22 +221,6 @@ class Runtime:
         if not self._key_seen.wait(timeout):
             raise BenchError(f"sluice-runtime did not print the key of {ROLE}/{KEY_NAME}; see {self._log_path}")
         return self.key or ""
-
-    def memory_mib(self) -> dict[str, float]:
-        return proc.memory_mib(self.process.pid)
-
-    def cpu_seconds(self) -> float:
-        return proc.cpu_seconds(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 # --- HTTP helpers -----------------------------------------------------------------------------
@@ -551,6 +534,11 @@ def measure(case: Case, endpoint: Endpoint, options, mcp: McpSession | None = No
     return run_wrk(case, endpoint, options.duration, options.connections, options.threads, mcp)
 
 
+def pgbench_for(case: Case, options, number: int) -> Figures:
+    say(f"run {number}: {case.name}: pgbench {options.duration:g} s")
+    return run_pgbench(options.postgres, case, options.duration, options.connections, options.threads)
+
+
 def run_sluice(options, work: Path, row_filter: bool, number: int, result: RunResult) -> None:
     runtime = start_runtime(options, work, row_filter, BENCH_DATABASE, options.port, f"runtime-run{number}.log")
     try:
@@ -582,15 +570,11 @@ def run_sluice(options, work: Path, row_filter: bool, number: int, result: RunRe
             elif case.name == "http_floor" and "get_by_pk" in result.cases:
                 figures["pgbench"] = result.cases["get_by_pk"]["pgbench"]
             else:
-                say(f"run {number}: {case.name}: pgbench {options.duration:g} s")
-                figures["pgbench"] = run_pgbench(options.postgres, case, options.duration, options.connections,
-                                                 options.threads)
+                figures["pgbench"] = pgbench_for(case, options, number)
             if case.name == "insert_order":
                 options.postgres.reset_orders()
             result.cases[case.name] = figures
-        after = runtime.memory_mib()
-        result.memory["after_load"] = after["VmRSS"]
-        result.memory["peak"] = after["VmHWM"]
+        result.memory.update(runtime.after_load())
     finally:
         runtime.stop()
 
@@ -604,10 +588,9 @@ def run_peer(options, work: Path, number: int, result: RunResult) -> None:
         peer.wait_ready()
         endpoint = Endpoint(peer.port, "", "Authorization", peer.authorization, peer.cpu_seconds)
         result.peer_memory["idle"] = peer.memory_mib()["VmRSS"]
-        problem = peer.governance_problem()
+        governance = peer.governance_problem()
         for case in (case for case in options.cases if case.twin):
-            if problem is None:
-                problem = peer_preflight(case, peer)
+            problem = governance or peer_preflight(case, peer)
             if problem:
                 result.skipped[case.name] = problem
                 say(f"run {number}: {case.name} skipped: {problem}")
@@ -618,13 +601,9 @@ def run_peer(options, work: Path, number: int, result: RunResult) -> None:
                 figures["pgbench"] = result.cases[case.twin]["pgbench"]
                 figures["sluice"] = result.cases[case.twin]["http"]
             else:
-                say(f"run {number}: {case.name}: pgbench {options.duration:g} s")
-                figures["pgbench"] = run_pgbench(options.postgres, case, options.duration, options.connections,
-                                                 options.threads)
+                figures["pgbench"] = pgbench_for(case, options, number)
             result.cases[case.name] = figures
-        after = peer.memory_mib()
-        result.peer_memory["after_load"] = after["VmRSS"]
-        result.peer_memory["peak"] = after["VmHWM"]
+        result.peer_memory.update(peer.after_load())
     finally:
         peer.stop()
 

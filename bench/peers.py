@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -106,7 +105,7 @@ def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
         connection.close()
 
 
-class Platformatic:
+class Platformatic(proc.Server):
     """One `plt-db start` process on 127.0.0.1, with the bench role's token in `authorization`."""
 
     def __init__(self, install_dir: Path, database_url: str, port: int, pool_size: int, log_path: Path):
@@ -155,20 +154,4 @@ class Platformatic:
         if status != 200 or json.loads(body):
             return f"a token whose row check excludes every customer read HTTP {status}: {body[:200]}"
         return None
-
-    def memory_mib(self) -> dict[str, float]:
-        return proc.memory_mib(self.process.pid)
-
-    def cpu_seconds(self) -> float:
-        return proc.cpu_seconds(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
+from typing import IO
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -21,3 +24,31 @@ def cpu_seconds(pid: int) -> float:
     # The command name (field 2) may hold spaces; utime and stime are fields 14 and 15.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """A server process the benchmark started (`process`), writing into its open log (`_log`)."""
+
+    process: subprocess.Popen
+    _log: IO[bytes]
+
+    def memory_mib(self) -> dict[str, float]:
+        return memory_mib(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def after_load(self) -> dict[str, float]:
+        """The memory figures read at the end of the load: RSS now, and the peak so far."""
+        figures = self.memory_mib()
+        return {"after_load": figures["VmRSS"], "peak": figures["VmHWM"]}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

@@ -1,4 +1,4 @@
-"""What /proc says about a server process: its memory and the CPU time it has used."""
+"""The server processes the benchmark starts: their memory and CPU time from /proc, and stopping them."""
 
 from __future__ import annotations
 

@@ -674,10 +674,12 @@ class Target:
         return "PASS" if (median <= self.threshold if self.at_most else median >= self.threshold) else "FAIL"
 
 
-def report(results: list[RunResult], options, row_filter_note: str) -> str:
-    def per_run(case: str, side: str, metric: str) -> list[float]:
-        return [getattr(r.cases[case][side], metric) for r in results if case in r.cases and side in r.cases[case]]
+def per_run(results: list[RunResult], case: str, side: str, metric: str) -> list[float]:
+    """One figure of one side (`http`, `pgbench`, …) of a case, from each run that measured it."""
+    return [getattr(r.cases[case][side], metric) for r in results if case in r.cases and side in r.cases[case]]
 
+
+def report(results: list[RunResult], options, row_filter_note: str) -> str:
     def ratios(case: str, reference: str = "pgbench") -> list[float]:
         return [r.cases[case]["http"].rate / r.cases[case][reference].rate
                 for r in results if case in r.cases and reference in r.cases[case]]
@@ -699,19 +701,18 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
             rows.append([case.name, "skipped (see note)"] + [""] * 9)
             continue
         errors = sum(r.cases[case.name]["http"].errors for r in results if case.name in r.cases)
-        rows.append([case.name, spread(per_run(case.name, "http", "rate"), 0),
-                     spread(per_run(case.name, "http", "p50_ms"), 2), spread(per_run(case.name, "http", "p99_ms"), 2),
-                     spread(per_run(case.name, "http", "cpu_us"), 0),
-                     spread(per_run(case.name, "pgbench", "rate"), 0), spread(per_run(case.name, "pgbench", "p50_ms"), 2),
-                     spread(per_run(case.name, "pgbench", "p99_ms"), 2), spread(ratios(case.name), 2), str(errors),
-                     sharing(case.name)])
+        figures = [spread(per_run(results, case.name, side, metric), digits)
+                   for side, metric, digits in (("http", "rate", 0), ("http", "p50_ms", 2), ("http", "p99_ms", 2),
+                                                ("http", "cpu_us", 0), ("pgbench", "rate", 0),
+                                                ("pgbench", "p50_ms", 2), ("pgbench", "p99_ms", 2))]
+        rows.append([case.name, *figures, spread(ratios(case.name), 2), str(errors), sharing(case.name)])
     cases_table = render_table(["case", "HTTP req/s", "p50 ms", "p99 ms", "server CPU µs/req", "pgbench tps",
                                 "pg p50 ms", "pg p99 ms", "HTTP/pgbench", "HTTP errors",
                                 "reads/shared statement (share)"], rows)
 
     targets = [
         Target("get_by_pk: HTTP/pgbench >= 0.70", ratios("get_by_pk"), 0.70, False, 2),
-        Target("get_by_pk: HTTP p99 < 10 ms", per_run("get_by_pk", "http", "p99_ms"), 10, True, 2),
+        Target("get_by_pk: HTTP p99 < 10 ms", per_run(results, "get_by_pk", "http", "p99_ms"), 10, True, 2),
         Target("list_country: HTTP/pgbench >= 0.50", ratios("list_country"), 0.50, False, 2),
         Target("mcp_query_rows: MCP/REST list >= 0.50", ratios("mcp_query_rows", "rest"), 0.50, False, 2),
         Target("mcp_stateless: MCP/REST list >= 0.50", ratios("mcp_stateless", "rest"), 0.50, False, 2),
@@ -735,10 +736,7 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
 
 def peer_table(results: list[RunResult], options) -> str:
     """Sluice beside the peer, per run and then median (min–max): rates, CPU per request, memory."""
-    def figures(case: str, side: str, metric: str) -> list[float]:
-        return [getattr(r.cases[case][side], metric) for r in results if case in r.cases and side in r.cases[case]]
-
-    def quotients(case: str, side: str, metric: str, numerator: str) -> list[float]:
+    def quotients(case: str, metric: str, numerator: str) -> list[float]:
         pairs = [(getattr(r.cases[case]["sluice"], metric), getattr(r.cases[case]["http"], metric))
                  for r in results if case in r.cases and "sluice" in r.cases[case]]
         return [(s / p if numerator == "sluice" else p / s) for s, p in pairs if s and p]
@@ -748,14 +746,14 @@ def peer_table(results: list[RunResult], options) -> str:
 
     rows = []
     for case in (case for case in options.cases if case.twin):
-        rows.append([f"{case.twin}: req/s", spread(figures(case.name, "sluice", "rate"), 0),
-                     spread(figures(case.name, "http", "rate"), 0),
-                     lead(quotients(case.name, "http", "rate", "sluice"), "the peer's rate")])
-        rows.append([f"{case.twin}: p99 ms", spread(figures(case.name, "sluice", "p99_ms"), 2),
-                     spread(figures(case.name, "http", "p99_ms"), 2), ""])
-        rows.append([f"{case.twin}: server CPU µs/req", spread(figures(case.name, "sluice", "cpu_us"), 0),
-                     spread(figures(case.name, "http", "cpu_us"), 0),
-                     lead(quotients(case.name, "http", "cpu_us", "peer"), "less CPU per request")])
+        rows.append([f"{case.twin}: req/s", spread(per_run(results, case.name, "sluice", "rate"), 0),
+                     spread(per_run(results, case.name, "http", "rate"), 0),
+                     lead(quotients(case.name, "rate", "sluice"), "the peer's rate")])
+        rows.append([f"{case.twin}: p99 ms", spread(per_run(results, case.name, "sluice", "p99_ms"), 2),
+                     spread(per_run(results, case.name, "http", "p99_ms"), 2), ""])
+        rows.append([f"{case.twin}: server CPU µs/req", spread(per_run(results, case.name, "sluice", "cpu_us"), 0),
+                     spread(per_run(results, case.name, "http", "cpu_us"), 0),
+                     lead(quotients(case.name, "cpu_us", "peer"), "less CPU per request")])
     for label, name in (("RSS idle, MiB", "idle"), ("RSS after load, MiB", "after_load"), ("peak RSS, MiB", "peak")):
         sluice = [r.memory.get(name) for r in results]
         peer = [r.peer_memory.get(name) for r in results]

@@ -20,6 +20,7 @@ use crate::applied::AppliedChildren;
 use crate::metrics::Metrics;
 use crate::references::References;
 use crate::secrets::SecretDigests;
+use crate::written::WrittenStatuses;
 
 /// The one field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "sluice-operator";
@@ -82,6 +83,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// What was last applied to each DataApi's children.
     pub applied: AppliedChildren,
+    /// The last status written to each DataApi, until the cache shows it.
+    pub written: WrittenStatuses,
     failures: Mutex<HashMap<String, u32>>,
     /// The generation of each ApiRole whose removed keys were last revoked: keys leave a role
     /// only through a spec change, so its key Secrets are looked for once per generation, not
@@ -114,6 +117,7 @@ impl Context {
             recorder,
             metrics,
             applied: AppliedChildren::default(),
+            written: WrittenStatuses::default(),
             failures: Mutex::default(),
             revoked_at: Mutex::default(),
             key_pending_since: Mutex::default(),
@@ -151,12 +155,16 @@ impl Context {
         backoff_delay(*count)
     }
 
-    /// Drops the record of applied children of deleted DataApis, once it holds more entries than
-    /// the DataApis that exist could have children (config Secret, Deployment, Service, budget).
-    pub fn forget_deleted_children(&self) {
+    /// Drops the records of applied children and written statuses of deleted DataApis, once
+    /// they hold more entries than the DataApis that exist could have (config Secret,
+    /// Deployment, Service, budget; one status).
+    pub fn forget_deleted_data_apis(&self) {
         const CHILDREN_PER_DATA_API: usize = 4;
         if self.applied.len() > CHILDREN_PER_DATA_API * self.data_apis.len() {
             self.applied.retain_owners(|owner| self.data_apis.get(owner).is_some());
+        }
+        if self.written.len() > self.data_apis.len() {
+            self.written.retain(|api| self.data_apis.get(api).is_some());
         }
     }
 

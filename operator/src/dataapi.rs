@@ -64,7 +64,7 @@ struct Plan {
 #[instrument(skip_all, fields(dataapi = %api.name_any(), namespace = api.namespace().unwrap_or_default()))]
 pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(ControllerKind::DataApi);
-    ctx.forget_deleted_children();
+    ctx.forget_deleted_data_apis();
     let namespace = api.namespace().unwrap_or_default();
     let planned = plan(&api, &ctx, &namespace).await?;
     match &planned {
@@ -80,7 +80,7 @@ pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, E
         }
         _ => ctx.key_not_pending(&api),
     }
-    let previous = api.status.clone().unwrap_or_default();
+    let previous = ctx.written.current(&api);
     let mut next = DataApiStatus {
         config_secret: previous.config_secret.clone(),
         ..DataApiStatus::default()
@@ -125,7 +125,7 @@ pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, E
     next.conditions = status::merge(&previous.conditions, decided, api.meta().generation, Timestamp::now());
     if next != previous {
         let patch = serde_json::json!({ "apiVersion": "sluice.dev/v1alpha1", "kind": "DataApi", "status": next });
-        Api::<DataApi>::namespaced(ctx.client.clone(), &namespace)
+        let written = Api::<DataApi>::namespaced(ctx.client.clone(), &namespace)
             .patch_status(
                 &api.name_any(),
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -133,6 +133,7 @@ pub async fn reconcile(api: Arc<DataApi>, ctx: Arc<Context>) -> Result<Action, E
             )
             .await
             .doing(|| "writing the DataApi's status".into())?;
+        ctx.written.record(&api, next, written.metadata.resource_version);
     }
     ctx.succeeded(&failure_key(&api));
     Ok(Action::requeue(ctx.settings.resync))

@@ -20,6 +20,7 @@ pub mod references;
 pub mod resources;
 pub mod secrets;
 pub mod status;
+pub mod written;
 
 use std::collections::HashSet;
 use std::sync::Arc;

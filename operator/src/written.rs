@@ -12,7 +12,7 @@
 //! held or the API server returned.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
@@ -40,7 +40,7 @@ impl WrittenStatuses {
     /// The status `cached` has on the server as far as the operator knows: the one it last
     /// wrote, while the cache holds a version that write replaced; otherwise the cached one.
     pub fn current(&self, cached: &DataApi) -> DataApiStatus {
-        let key = ObjectRef::from_obj(cached);
+        let key = ObjectRef::from(cached);
         let mut entries = self.lock();
         if let Some(written) = entries.get(&key) {
             if written
@@ -62,7 +62,7 @@ impl WrittenStatuses {
         let Some(read_version) = cached.resource_version() else {
             return;
         };
-        let key = ObjectRef::from_obj(cached);
+        let key = ObjectRef::from(cached);
         let mut entries = self.lock();
         let mut replaced = match entries.remove(&key) {
             Some(earlier) if earlier.replaced.contains(&read_version) => {
@@ -98,7 +98,7 @@ impl WrittenStatuses {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<DataApi>, Written>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ObjectRef<DataApi>, Written>> {
         self.entries
             .lock()
             .expect("the record of status writes is never poisoned")

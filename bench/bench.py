@@ -296,6 +296,10 @@ CASES = [
 ]
 # The MCP cases, each measured against the REST list; the stateless one speaks 2026-07-28.
 MCP_CASES = ("mcp_query_rows", "mcp_stateless")
+# Throughput targets: a case's rate over its reference's (a side of the same case) in the same run.
+RATE_TARGETS = {"get_by_pk": ("pgbench", 0.70), "list_country": ("pgbench", 0.50),
+                "mcp_query_rows": ("rest", 0.50), "mcp_stateless": ("rest", 0.50)}
+RATE_LABELS = {"pgbench": "HTTP/pgbench", "rest": "MCP/REST list"}
 
 
 @dataclass
@@ -308,6 +312,11 @@ class Figures:
     errors: int = 0
     # CPU time the server (the runtime, or the peer) spent per request over the run, in µs.
     cpu_us: float | None = None
+    # CPU time per request, in µs, of the load generator (wrk, or pgbench's own client), and of
+    # the whole machine busy over the run (every process: the load generator, the server,
+    # PostgreSQL and anything else running).
+    load_cpu_us: float | None = None
+    machine_cpu_us: float | None = None
     # Of the requests, those whose read shared a statement, and the statements they shared (the
     # runtime's batch counters over the run); None when the runtime exports no such counters.
     shared_reads: float | None = None
@@ -442,7 +451,9 @@ def run_wrk(case: Case, endpoint: Endpoint, duration: int, connections: int, thr
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "5s",
                "-s", str(LUA_DIR / case.lua), f"http://127.0.0.1:{endpoint.port}"]
     cpu_before = endpoint.cpu_seconds()
+    clocks = proc.CpuClocks()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
+    machine, load = clocks.spent()
     cpu = endpoint.cpu_seconds() - cpu_before
     summary = next((line for line in result.stdout.splitlines() if line.startswith("SLUICE_BENCH ")), None)
     if result.returncode != 0 or summary is None:
@@ -450,9 +461,16 @@ def run_wrk(case: Case, endpoint: Endpoint, duration: int, connections: int, thr
     figures = json.loads(summary.removeprefix("SLUICE_BENCH "))
     errors = sum(figures[name] for name in
                  ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
-    return Figures(figures["requests"] / (figures["duration_us"] / 1e6), figures["p50_us"] / 1000,
-                   figures["p99_us"] / 1000, errors,
-                   cpu * 1e6 / figures["requests"] if figures["requests"] else None)
+    requests = figures["requests"]
+    cpu_us, load_cpu_us, machine_cpu_us = per_request(requests, cpu, load, machine)
+    return Figures(requests / (figures["duration_us"] / 1e6), figures["p50_us"] / 1000,
+                   figures["p99_us"] / 1000, errors, cpu_us=cpu_us, load_cpu_us=load_cpu_us,
+                   machine_cpu_us=machine_cpu_us)
+
+
+def per_request(requests: int, *seconds: float) -> list[float | None]:
+    """CPU seconds spent over a run, as µs per request."""
+    return [value * 1e6 / requests if requests else None for value in seconds]
 
 
 def run_pgbench(postgres: Postgres, case: Case, duration: int, connections: int, threads: int) -> Figures:
@@ -460,16 +478,20 @@ def run_pgbench(postgres: Postgres, case: Case, duration: int, connections: int,
         command = [postgres.pgbench, "-n", "-M", "prepared", "-c", str(connections), "-j", str(threads),
                    "-T", str(duration), "-f", str(SQL_DIR / case.sql),
                    "-l", f"--log-prefix={logs}/tx", BENCH_DATABASE]
+        clocks = proc.CpuClocks()
         result = subprocess.run(command, env=postgres.env(), capture_output=True, text=True)
+        machine, load = clocks.spent()
         tps = re.search(r"^tps = ([\d.]+)", result.stdout, re.MULTILINE)
         failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
-        if result.returncode != 0 or not tps:
+        processed = re.search(r"number of transactions actually processed: (\d+)", result.stdout)
+        if result.returncode != 0 or not tps or not processed:
             raise BenchError(f"pgbench failed for {case.sql}: {result.stderr.strip()}")
         # The per-transaction log's third field is the latency in microseconds.
         latencies = sorted(int(line.split()[2]) for path in glob.glob(f"{logs}/tx*")
                            for line in Path(path).read_text().splitlines())
+    load_cpu_us, machine_cpu_us = per_request(int(processed.group(1)), load, machine)
     return Figures(float(tps.group(1)), percentile(latencies, 50) / 1000, percentile(latencies, 99) / 1000,
-                   int(failed.group(1)) if failed else 0)
+                   int(failed.group(1)) if failed else 0, load_cpu_us=load_cpu_us, machine_cpu_us=machine_cpu_us)
 
 
 def percentile(sorted_values: list[int], rank: float) -> float:
@@ -710,12 +732,15 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
                                 "pg p50 ms", "pg p99 ms", "HTTP/pgbench", "HTTP errors",
                                 "reads/shared statement (share)"], rows)
 
+    rate_targets = {case: Target(f"{case}: {RATE_LABELS[reference]} >= {least:.2f}", ratios(case, reference),
+                                 least, False, 2)
+                    for case, (reference, least) in RATE_TARGETS.items()}
     targets = [
-        Target("get_by_pk: HTTP/pgbench >= 0.70", ratios("get_by_pk"), 0.70, False, 2),
+        rate_targets["get_by_pk"],
         Target("get_by_pk: HTTP p99 < 10 ms", per_run(results, "get_by_pk", "http", "p99_ms"), 10, True, 2),
-        Target("list_country: HTTP/pgbench >= 0.50", ratios("list_country"), 0.50, False, 2),
-        Target("mcp_query_rows: MCP/REST list >= 0.50", ratios("mcp_query_rows", "rest"), 0.50, False, 2),
-        Target("mcp_stateless: MCP/REST list >= 0.50", ratios("mcp_stateless", "rest"), 0.50, False, 2),
+        rate_targets["list_country"],
+        rate_targets["mcp_query_rows"],
+        rate_targets["mcp_stateless"],
         Target("RSS idle <= 25 MiB", [r.memory.get("idle") for r in results], 25, True, 1),
         Target("RSS after load <= 64 MiB", [r.memory.get("after_load") for r in results], 64, True, 1),
         Target("start to /readyz, 100 tables < 300 ms", [r.start_to_ready_ms for r in results], 300, True, 0),
@@ -725,13 +750,61 @@ def report(results: list[RunResult], options, row_filter_note: str) -> str:
     if any("http_floor" in r.cases for r in results):
         target_rows.append(["HTTP alone (/healthz)/pgbench get_by_pk, the ceiling", spread(ratios("http_floor"), 2), ""])
     targets_table = render_table(["target", "measured", "mark"], target_rows)
-    tables = [cases_table, targets_table]
+    tables = [cases_table, targets_table, cpu_table(results, options)]
     if any(r.peer_memory for r in results):
         tables.append(peer_table(results, options))
     header = (f"{len(results)} run(s) x {options.duration:g} s per case, {options.connections} connections, "
               f"{options.threads} threads (wrk and pgbench -M prepared alike), {row_filter_note}; "
               "cells are the median (min–max) when there are several runs; marks use the median")
     return "\n\n".join([header] + tables)
+
+
+def cpu_table(results: list[RunResult], options) -> str:
+    """Where each case's CPU goes on the whole machine, per request, beside pgbench's; and, for a
+    throughput target, the most a request may cost the machine to meet it with every core busy."""
+    cores = os.cpu_count() or 1
+
+    def budgets(case: str) -> tuple[list[float], list[float]]:
+        """Per run: the machine's CPU per request at the target's rate, and what of it is left to
+        the server when everything else costs what it did."""
+        reference, least = RATE_TARGETS[case]
+        machine, server = [], []
+        for r in results:
+            figures = r.cases.get(case, {})
+            http, other = figures.get("http"), figures.get(reference)
+            if not http or not other or not other.rate:
+                continue
+            machine.append(cores * 1e6 / (least * other.rate))
+            if http.machine_cpu_us is not None and http.cpu_us is not None:
+                server.append(machine[-1] - (http.machine_cpu_us - http.cpu_us))
+        return machine, server
+
+    def rest(side: str, case: str, *parts: str) -> list[float]:
+        """The machine's CPU per request less the named parts, per run."""
+        values = []
+        for figures in (r.cases[case][side] for r in results if case in r.cases and side in r.cases[case]):
+            machine, *named = (getattr(figures, name) for name in ("machine_cpu_us", *parts))
+            if machine is not None and None not in named:
+                values.append(machine - sum(named))
+        return values
+
+    rows = []
+    for case in options.cases:
+        if not any(case.name in r.cases for r in results):
+            continue
+        machine_budget, server_budget = budgets(case.name) if case.name in RATE_TARGETS else ([], [])
+        rows.append([case.name, *(spread(per_run(results, case.name, "http", metric), 0)
+                                  for metric in ("machine_cpu_us", "load_cpu_us", "cpu_us")),
+                     spread(rest("http", case.name, "load_cpu_us", "cpu_us"), 0),
+                     *(spread(per_run(results, case.name, "pgbench", metric), 0)
+                       for metric in ("machine_cpu_us", "load_cpu_us")),
+                     spread(rest("pgbench", case.name, "load_cpu_us"), 0),
+                     spread(machine_budget, 0), spread(server_budget, 0)])
+    return (f"CPU per request, µs, all {cores} cores of the machine: through the server, and through pgbench with "
+            "the same SQL (the MCP cases' pgbench is the list's)\n" +
+            render_table(["case", "machine", "load generator", "server", "database and the rest",
+                          "pgbench: machine", "pgbench client", "database and the rest",
+                          "machine at the target's rate", "left for the server at it"], rows))
 
 
 def peer_table(results: list[RunResult], options) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 from pathlib import Path
@@ -24,6 +25,34 @@ def cpu_seconds(pid: int) -> float:
     # The command name (field 2) may hold spaces; utime and stime are fields 14 and 15.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores of the machine have spent busy since boot: every process, the kernel's
+    interrupt work included (/proc/stat's user, nice, system, irq and softirq; not idle, iowait or
+    the hypervisor's steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(value) for value in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User and system CPU time of this process's children that have ended and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuClocks:
+    """The machine's busy CPU and the ended children's CPU, from one moment on: wrapped around a
+    load generator's run, the second is that generator's own CPU."""
+
+    def __init__(self) -> None:
+        self._machine = machine_busy_seconds()
+        self._children = children_cpu_seconds()
+
+    def spent(self) -> tuple[float, float]:
+        """Seconds of CPU since the start: (the whole machine, ended children)."""
+        return machine_busy_seconds() - self._machine, children_cpu_seconds() - self._children
 
 
 class Server:

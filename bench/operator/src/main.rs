@@ -292,6 +292,31 @@ fn report(args: &Args, runs: &[Figures], floors: &[FloorFigures]) -> String {
             String::new(),
         ]);
         rows.push([
+            format!("left for the operator: {READY_TARGET_SECONDS} s less the floor, s"),
+            spread(
+                floors
+                    .iter()
+                    .filter_map(|floor| floor.complete_seconds)
+                    .map(|floor| READY_TARGET_SECONDS - floor)
+                    .collect(),
+                1,
+            ),
+            String::new(),
+            String::new(),
+        ]);
+        rows.push([
+            "what the operator added: Ready less its floor, s".to_owned(),
+            spread(
+                runs.iter()
+                    .zip(floors)
+                    .filter_map(|(run, floor)| Some(run.ready_seconds? - floor.complete_seconds?))
+                    .collect(),
+                1,
+            ),
+            String::new(),
+            String::new(),
+        ]);
+        rows.push([
             "kube-apiserver CPU, operator run / its floor".to_owned(),
             spread(
                 runs.iter()

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::apirole::AccessRule;
 use crate::common::RateLimit;
 use crate::dataapi::{AuditSpec, Engine, McpSpec, NamedQuery, PoolSpec, RestSpec};
+use crate::limits::LimitsSpec;
 
 /// Version of the document's layout; the runtime refuses a config with a version it does not know.
 pub const CONFIG_FORMAT_VERSION: u32 = 1;
@@ -39,6 +40,9 @@ pub struct RuntimeConfig {
     pub auth: AuthConfig,
     /// The audit log.
     pub audit: AuditSpec,
+    /// Request and connection limits.
+    #[serde(default)]
+    pub limits: LimitsSpec,
     /// Named queries.
     pub queries: Vec<NamedQuery>,
     /// Roles bound to this DataApi, by ApiRole name.

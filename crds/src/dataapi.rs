@@ -10,6 +10,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{RateLimit, SecretKeyRef, any_json_value};
+use crate::limits::LimitsSpec;
 
 /// A database exposed as a governed data API: which tables, over which transports, with which
 /// authentication, limits and audit, and how its runtime pods run.
@@ -53,6 +54,9 @@ pub struct DataApiSpec {
     /// The audit log: one JSON line per call.
     #[serde(default)]
     pub audit: AuditSpec,
+    /// How much one request and one connection may ask of a runtime pod; every limit has a default.
+    #[serde(default)]
+    pub limits: LimitsSpec,
     /// Named, reviewed, parameterised SQL queries. Each is served at `REST <basePath>/_query/<name>`
     /// and as one MCP tool. Their SQL is written by the DataApi's author, never by callers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -11,6 +11,7 @@ pub mod common;
 pub mod config;
 pub mod crdgen;
 pub mod dataapi;
+pub mod limits;
 pub mod reference;
 pub mod resolve;
 

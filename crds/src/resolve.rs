@@ -278,6 +278,7 @@ pub fn resolve(data_api: &DataApi, roles: &[ApiRole], key_hashes: &KeyHashes) ->
             anonymous_role: spec.auth.anonymous_role.clone(),
         },
         audit: spec.audit.clone(),
+        limits: spec.limits.clone(),
         queries: spec.queries.clone(),
         roles: resolved_roles,
         api_keys,

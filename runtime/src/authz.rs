@@ -410,7 +410,13 @@ impl Access<'_> {
                 for inner_field in fields {
                     self.bind_field(schema, &inner.name, inner_field, &mut inner_masks);
                 }
-                masks.embed(key.clone(), inner_masks);
+                // Embedded rows count against their own table's cap, as a read of it would.
+                let max_rows = self
+                    .granting(&inner.name, Verb::Read)
+                    .filter_map(|rule| rule.max_rows)
+                    .min()
+                    .map(u64::from);
+                masks.embed(key.clone(), inner_masks, max_rows);
             }
         }
     }
@@ -700,7 +706,12 @@ mod tests {
         };
         Ok(Plan {
             table: table.into(),
-            action: Action::Read(read(schema, &schema.tables[table], &parse_query(&pairs)?, paging)?),
+            action: Action::Read(read(
+                schema,
+                &schema.tables[table],
+                &parse_query(&pairs, &Default::default())?,
+                paging,
+            )?),
             returning: None,
         })
     }

@@ -43,6 +43,12 @@ pub enum ConnectError {
     },
 }
 
+/// How long one request may wait on the database in all: a connection, then statements that
+/// the engine cancels after `statementTimeoutMs`, plus a second for the round trips around them.
+fn request_deadline(pool: &PoolSpec) -> Duration {
+    Duration::from_millis(u64::from(pool.acquire_timeout_ms) + u64::from(pool.statement_timeout_ms) + 1_000)
+}
+
 /// The reader and writer pools of one database.
 #[derive(Clone, Debug)]
 pub struct Database {
@@ -51,6 +57,8 @@ pub struct Database {
     reads: Arc<Reads>,
     /// PostgreSQL's open read batches; the other engines read alone.
     batches: Option<Arc<ReadBatches>>,
+    /// How long one request may wait on the database in all, see [`Database::within_deadline`].
+    deadline: Duration,
 }
 
 /// The parked read connections of the reader pool, per engine.
@@ -468,7 +476,31 @@ impl Database {
             reads: Arc::new(reads),
             batches: (engine == Engine::Postgres)
                 .then(|| Arc::new(ReadBatches::new(Duration::from_millis(u64::from(pool.read_batch_ms))))),
+            deadline: request_deadline(pool),
         })
+    }
+
+    /// Runs one request's database work, giving up once the database has not answered within
+    /// the request's deadline: the wait for a connection, one statement's timeout and a second
+    /// of slack. The engine's own statement timeout cancels a slow statement; this bounds what
+    /// it cannot, a database that stopped answering at all (frozen, or a network that drops
+    /// packets). Dropping the work closes whatever connection it held rather than reusing it.
+    pub async fn within_deadline<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.deadline, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    deadline_ms = self.deadline.as_millis() as u64,
+                    "the database did not answer within the request's deadline; the request was cancelled"
+                );
+                Err(ApiError::DatabaseTimeout {
+                    deadline_ms: self.deadline.as_millis() as u64,
+                })
+            }
+        }
     }
 
     /// The SQLite URL for a file path.

@@ -48,11 +48,27 @@ pub enum ApiError {
     /// The request body is not the JSON the endpoint takes.
     #[error("the request body is not valid: {0}")]
     InvalidBody(String),
+    /// A write whose body is not declared `Content-Type: application/json`.
+    #[error("the request body must be JSON; Content-Type is {content_type}")]
+    UnsupportedMediaType {
+        /// The Content-Type sent, or "missing".
+        content_type: String,
+    },
     /// The request body is larger than `rest.maxBodyBytes`.
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge {
         /// The configured limit.
         limit: u64,
+    },
+    /// The request asks for more than one of `spec.limits` allows.
+    #[error("{what}: more than spec.limits.{limit} ({value}) allows")]
+    LimitExceeded {
+        /// The limit's field under `spec.limits`, e.g. `maxLogicDepth`.
+        limit: &'static str,
+        /// Its value in force.
+        value: u32,
+        /// What the request asked for, e.g. "the filter nests logic groups 9 deep".
+        what: String,
     },
     /// A PATCH or DELETE without any filter.
     #[error("{verb} on \"{table}\" without a filter would change every row")]
@@ -158,6 +174,13 @@ pub enum ApiError {
     /// The statement ran longer than `database.pool.statementTimeoutMs`.
     #[error("the query took longer than the statement timeout")]
     StatementTimeout,
+    /// The database did not answer within the request's deadline (a connection, one statement
+    /// timeout and a second), so the request was cancelled.
+    #[error("the database did not answer within {deadline_ms} ms; the request was cancelled")]
+    DatabaseTimeout {
+        /// The deadline that passed.
+        deadline_ms: u64,
+    },
     /// Another transaction held a lock this statement needed past the wait the database allows,
     /// or the two deadlocked; nothing was written and the request may simply be sent again.
     #[error("the database is busy: another transaction held a lock this request needs")]
@@ -226,8 +249,10 @@ impl ApiError {
             | Self::WrongType { .. }
             | Self::InvalidBody(_)
             | Self::FilterRequired { .. }
+            | Self::LimitExceeded { .. }
             | Self::InvalidValue(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. }
             | Self::MaskedColumn { .. }
@@ -236,7 +261,7 @@ impl ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::StatementTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::StatementTimeout | Self::DatabaseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Busy | Self::Unavailable | Self::IdentityProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -251,7 +276,9 @@ impl ApiError {
             Self::WrongType { .. } => "wrong_type",
             Self::InvalidBody(_) => "invalid_body",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::FilterRequired { .. } => "filter_required",
+            Self::LimitExceeded { .. } => "limit_exceeded",
             Self::ReadOnly { .. } => "read_only",
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::Forbidden { .. } => "forbidden",
@@ -265,6 +292,7 @@ impl ApiError {
             Self::Conflict { .. } => "conflict",
             Self::InvalidValue(_) => "invalid_value",
             Self::StatementTimeout => "statement_timeout",
+            Self::DatabaseTimeout { .. } => "database_timeout",
             Self::Busy => "database_busy",
             Self::Unavailable => "unavailable",
             Self::IdentityProviderUnavailable => "identity_provider_unavailable",
@@ -284,6 +312,12 @@ impl ApiError {
             Self::BadQuery { hint, .. } => hint.clone(),
             Self::InvalidBody(_) => Some("send a JSON object, or an array of objects with the same keys".into()),
             Self::PayloadTooLarge { .. } => Some("send fewer rows per request".into()),
+            Self::UnsupportedMediaType { .. } => {
+                Some("send the body as JSON with Content-Type: application/json".into())
+            }
+            Self::LimitExceeded { limit, value, .. } => Some(format!(
+                "spec.limits.{limit} is {value}: split the request into smaller ones, or ask the operator of this API to raise the limit"
+            )),
             Self::Unauthenticated { challenge, .. } => Some(format!(
                 "authenticate as the WWW-Authenticate header says ({challenge}); ask the operator of this API for a key"
             )),
@@ -310,7 +344,7 @@ impl ApiError {
                 Some("the referenced row must exist, and rows still referenced cannot be deleted".into())
             }
             Self::StatementTimeout => Some("narrow the filter or lower the limit".into()),
-            Self::Busy | Self::Unavailable | Self::IdentityProviderUnavailable => {
+            Self::Busy | Self::Unavailable | Self::IdentityProviderUnavailable | Self::DatabaseTimeout { .. } => {
                 Some(format!("retry after {RETRY_AFTER_SECONDS} seconds"))
             }
             Self::Internal => Some("report the request id to the operator of this API".into()),
@@ -388,7 +422,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || matches!(self, Self::DatabaseTimeout { .. }) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));

@@ -25,6 +25,8 @@ pub struct Outcome {
     pub total: Option<i64>,
     /// Rows written.
     pub affected: u64,
+    /// The role's `maxRows` left out rows that matched (reads only).
+    pub capped: bool,
 }
 
 impl Outcome {
@@ -34,6 +36,7 @@ impl Outcome {
             affected: rows.len() as u64,
             rows,
             total: None,
+            capped: false,
         }
     }
 
@@ -42,6 +45,7 @@ impl Outcome {
         Self {
             rows: Rows::default(),
             total: None,
+            capped: false,
             affected,
         }
     }
@@ -74,6 +78,7 @@ pub async fn execute(
                 rows,
                 total,
                 affected: 0,
+                capped: false,
             })
         }
         Action::Insert(insert) => match guard {
@@ -193,6 +198,7 @@ async fn guarded_insert(
     Ok(Outcome {
         rows: if returning.is_some() { rows } else { Rows::default() },
         total: None,
+        capped: false,
         affected,
     })
 }
@@ -353,6 +359,7 @@ async fn update_by_keys(
         return Ok(Outcome {
             rows: rows.into_iter().flatten().collect(),
             total: None,
+            capped: false,
             affected,
         });
     }
@@ -369,6 +376,7 @@ async fn update_by_keys(
     Ok(Outcome {
         rows,
         total: None,
+        capped: false,
         affected,
     })
 }

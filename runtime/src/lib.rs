@@ -35,6 +35,7 @@ pub mod execute;
 pub mod gate;
 pub mod introspect;
 pub mod jwt;
+pub mod limits;
 pub mod mask;
 pub mod mcp;
 pub mod metrics;

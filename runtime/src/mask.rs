@@ -10,6 +10,8 @@
 //! means a low-entropy value (a year, a short code) can be found by hashing candidates. Use
 //! `null` or `fixed` where that matters.
 
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sluice_crds::apirole::{FieldMask, MaskStrategy};
@@ -17,7 +19,8 @@ use sluice_crds::apirole::{FieldMask, MaskStrategy};
 use crate::error::ApiError;
 use crate::rows::Rows;
 
-/// Which output keys of a row are masked, and how; nested for embedded rows.
+/// Which output keys of a row are masked, and how; nested for embedded rows, whose number a
+/// role's `maxRows` on the embedded table caps.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MaskTree {
     entries: Vec<(String, MaskNode)>,
@@ -26,7 +29,7 @@ pub struct MaskTree {
 #[derive(Clone, Debug, PartialEq)]
 enum MaskNode {
     Value(FieldMask),
-    Embedded(MaskTree),
+    Embedded { inner: MaskTree, max_rows: Option<usize> },
 }
 
 impl MaskTree {
@@ -35,31 +38,83 @@ impl MaskTree {
         self.entries.push((key.into(), MaskNode::Value(mask)));
     }
 
-    /// Masks inside the embedded row or rows under output key `key`.
-    pub fn embed(&mut self, key: impl Into<String>, inner: MaskTree) {
-        if !inner.is_empty() {
-            self.entries.push((key.into(), MaskNode::Embedded(inner)));
+    /// Masks inside the embedded row or rows under output key `key`, and keeps at most
+    /// `max_rows` of them.
+    pub fn embed(&mut self, key: impl Into<String>, inner: MaskTree, max_rows: Option<u64>) {
+        if !inner.is_empty() || max_rows.is_some() {
+            let max_rows = max_rows.map(|cap| usize::try_from(cap).unwrap_or(usize::MAX));
+            self.entries.push((key.into(), MaskNode::Embedded { inner, max_rows }));
         }
     }
 
-    /// Whether nothing is masked.
+    /// Whether nothing is masked or capped.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// Masks every row, each one JSON object text as the database rendered it.
+    fn node(&self, key: &str) -> Option<&MaskNode> {
+        self.entries.iter().find(|(name, _)| name == key).map(|(_, node)| node)
+    }
+
+    /// Masks every row, each one JSON object text as the database rendered it. Only masked
+    /// values are parsed: every other value keeps the database's text (a decimal its digits, a
+    /// JSON document however deeply it nests), and keys keep their order.
     pub fn apply(&self, rows: &mut Rows) -> Result<(), ApiError> {
         rows.rewrite(|row| {
-            let mut value: Value = serde_json::from_str(row).map_err(|error| {
+            self.rewrite_object(row).map_err(|error| {
                 tracing::error!(%error, "the database rendered a row that is not JSON");
                 ApiError::Internal
-            })?;
-            self.apply_to(&mut value);
-            Ok(value.to_string())
+            })
         })
     }
 
-    /// Masks one row (an object) or the rows of an embedded array.
+    /// One row object's text, masked.
+    fn rewrite_object(&self, text: &str) -> Result<String, serde_json::Error> {
+        let Members(members) = serde_json::from_str(text)?;
+        let mut out = String::with_capacity(text.len());
+        out.push('{');
+        for (index, (key, raw)) in members.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(key)?);
+            out.push(':');
+            match self.node(key) {
+                None => out.push_str(raw.get()),
+                Some(MaskNode::Value(mask)) => out.push_str(&masked_text(mask, raw)?),
+                Some(MaskNode::Embedded { inner, max_rows }) => out.push_str(&inner.rewrite_embedded(raw, *max_rows)?),
+            }
+        }
+        out.push('}');
+        Ok(out)
+    }
+
+    /// An embedded row (an object), or embedded rows (an array, cut to `max_rows`), masked.
+    fn rewrite_embedded(&self, raw: &RawValue, max_rows: Option<usize>) -> Result<String, serde_json::Error> {
+        let text = raw.get();
+        match text.trim_start().as_bytes().first() {
+            Some(b'{') => self.rewrite_object(text),
+            Some(b'[') => {
+                let items: Vec<&RawValue> = serde_json::from_str(text)?;
+                let mut out = String::with_capacity(text.len());
+                out.push('[');
+                for (index, item) in items.iter().take(max_rows.unwrap_or(usize::MAX)).enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    match item.get().trim_start().as_bytes().first() {
+                        Some(b'{') => out.push_str(&self.rewrite_object(item.get())?),
+                        _ => out.push_str(item.get()),
+                    }
+                }
+                out.push(']');
+                Ok(out)
+            }
+            _ => Ok(text.to_owned()),
+        }
+    }
+
+    /// Masks one row (an object) or the rows of an embedded array, parsed.
     pub fn apply_to(&self, value: &mut Value) {
         match value {
             Value::Object(object) => self.apply_to_object(object),
@@ -73,9 +128,62 @@ impl MaskTree {
             let Some(value) = object.get_mut(key) else { continue };
             match node {
                 MaskNode::Value(mask) => *value = masked(mask, value),
-                MaskNode::Embedded(inner) => inner.apply_to(value),
+                MaskNode::Embedded { inner, max_rows } => {
+                    if let (Value::Array(rows), Some(cap)) = (&mut *value, max_rows) {
+                        rows.truncate(*cap);
+                    }
+                    inner.apply_to(value);
+                }
             }
         }
+    }
+}
+
+/// A JSON object's members in their order, values unparsed.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+/// [`masked`] for a value as the database wrote it: numbers are masked by their exact text.
+fn masked_text(mask: &FieldMask, raw: &RawValue) -> Result<String, serde_json::Error> {
+    let text = raw.get().trim();
+    let value = if text.starts_with('"') {
+        masked(mask, &Value::String(serde_json::from_str(text)?))
+    } else if text == "null" {
+        masked(mask, &Value::Null)
+    } else {
+        masked_scalar_text(mask, text)
+    };
+    serde_json::to_string(&value)
+}
+
+/// [`masked`] for a non-null, non-string value given as its JSON text.
+fn masked_scalar_text(mask: &FieldMask, text: &str) -> Value {
+    match mask.strategy {
+        MaskStrategy::Fixed => Value::String(mask.with.clone().unwrap_or_default()),
+        MaskStrategy::Null => Value::Null,
+        MaskStrategy::Hash => Value::String(hex::encode(Sha256::digest(text.as_bytes()))),
+        MaskStrategy::KeepLast => Value::String(keep_last(text, mask.keep_last.unwrap_or(0) as usize)),
     }
 }
 
@@ -153,8 +261,8 @@ mod tests {
         orders.mask("note", mask(MaskStrategy::Null, None, None));
         let mut tree = MaskTree::default();
         tree.mask("mail", mask(MaskStrategy::Fixed, Some("hidden"), None));
-        tree.embed("orders", orders);
-        tree.embed("unmasked", MaskTree::default());
+        tree.embed("orders", orders, None);
+        tree.embed("unmasked", MaskTree::default(), None);
         let mut rows: Rows = [
             json!({"id": 1, "mail": "a@b.c", "orders": [{"id": 10, "note": "gift"}, {"id": 11, "note": null}]})
                 .to_string(),
@@ -175,8 +283,28 @@ mod tests {
         let mut customer = MaskTree::default();
         customer.mask("mail", mask(MaskStrategy::Null, None, None));
         let mut tree = MaskTree::default();
-        tree.embed("customer", customer);
+        tree.embed("customer", customer, None);
         tree.apply_to(&mut to_one);
         assert_eq!(to_one, json!({"customer": {"mail": null}}));
+    }
+
+    #[test]
+    fn rows_keep_the_databases_text_except_where_masked_and_embeds_are_capped() {
+        let mut orders = MaskTree::default();
+        orders.mask("total", mask(MaskStrategy::KeepLast, None, Some(2)));
+        let mut tree = MaskTree::default();
+        tree.mask("balance", mask(MaskStrategy::Hash, None, None));
+        tree.embed("orders", orders, Some(2));
+        let deep = format!("{}1{}", "[".repeat(900), "]".repeat(900));
+        let row = format!(
+            r#"{{"z": 37.00, "balance": 1250.50, "doc": {deep}, "orders": [{{"total": 99.90}}, {{"total": 15.00}}, {{"total": 1.00}}]}}"#
+        );
+        let mut rows: Rows = [row].into_iter().collect();
+        tree.apply(&mut rows).expect("rows are JSON");
+        let expected = format!(
+            r#"{{"z":37.00,"balance":"{}","doc":{deep},"orders":[{{"total":"***90"}},{{"total":"***00"}}]}}"#,
+            hex::encode(Sha256::digest(b"1250.50"))
+        );
+        assert_eq!(rows.first(), Some(expected.as_str()));
     }
 }

@@ -9,16 +9,19 @@ use std::cell::RefCell;
 use std::future::Future;
 
 use serde_json::Value;
+use sluice_crds::limits::LimitsSpec;
 
 use crate::app::AppState;
 use crate::audit::{AuditRecord, fingerprint};
 use crate::authz::Access;
 use crate::error::ApiError;
 use crate::execute::{Outcome, execute};
+use crate::limits;
 use crate::plan::{Action, Plan, Verb};
 use crate::schema::Schema;
 
-/// The single step every request passes through once planned: the policy re-checks the plan
+/// The single step every request passes through once planned: the plan's size is checked
+/// against `limits` (before and after the role's row filters join it), the policy re-checks the plan
 /// and binds it to the role's row filters, the row cap applies, the plan runs (writes checked
 /// against the row filter before they commit), and masks disguise what comes back. `schema` is
 /// the full schema: execution may use columns the role cannot see, such as a hidden primary
@@ -29,6 +32,7 @@ pub async fn run(
     access: &Access<'_>,
     mut plan: Plan,
     count: bool,
+    limits: &LimitsSpec,
 ) -> Result<Outcome, ApiError> {
     tracing::debug!(table = %plan.table, verb = ?plan.verb(), role = access.role(), read = ?plan.columns_read(), written = ?plan.columns_written(), "planned");
     note(|facts| {
@@ -36,14 +40,33 @@ pub async fn run(
         facts.verb = Some(plan.verb());
         facts.fingerprint = Some(fingerprint(&plan));
     });
+    limits::check_request(&plan, limits)?;
     let governance = access.govern(schema, &mut plan)?;
-    if let (Some(cap), Action::Read(read)) = (governance.max_rows, &mut plan.action) {
-        read.limit = read.limit.min(cap);
+    limits::check_bind_parameters(&plan, limits)?;
+    // One row past the cap tells whether the cap left rows out.
+    if let (Some(cap), Action::Read(read)) = (governance.max_rows, &mut plan.action)
+        && read.limit > cap
+    {
+        read.limit = cap + 1;
     }
-    let mut outcome = execute(&state.database, schema, &plan, count, governance.write_guard.as_ref()).await?;
+    let mut outcome = state
+        .database
+        .within_deadline(execute(
+            &state.database,
+            schema,
+            &plan,
+            count,
+            governance.write_guard.as_ref(),
+        ))
+        .await?;
     // Rows returned from writes obey the cap too, so a write cannot read more than a read.
-    if let Some(cap) = governance.max_rows {
-        outcome.rows.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+    if let Some(cap) = governance
+        .max_rows
+        .map(|cap| usize::try_from(cap).unwrap_or(usize::MAX))
+        && outcome.rows.len() > cap
+    {
+        outcome.rows.truncate(cap);
+        outcome.capped = matches!(plan.action, Action::Read(_));
     }
     if let Some(masks) = &governance.masks {
         masks.apply(&mut outcome.rows)?;

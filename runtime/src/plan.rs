@@ -371,6 +371,17 @@ fn filter(table: &Table, condition: &Condition) -> Result<Filter, ApiError> {
             let column = column(table, name)?;
             let comparison = Comparison::from_operator(*operator);
             match (operand, comparison) {
+                (Operand::Is(value @ (IsValue::True | IsValue::False)), _)
+                    if column.kind != crate::schema::ValueKind::Boolean =>
+                {
+                    return Err(ApiError::bad_query(
+                        format!(
+                            "\"{name}\" is not a boolean column, so is.{} cannot apply to it",
+                            if *value == IsValue::True { "true" } else { "false" }
+                        ),
+                        "use is.null on this column, or eq with a value of its type",
+                    ));
+                }
                 (Operand::Is(value), _) => Filter::Is {
                     column,
                     negated: *negated,

@@ -1,8 +1,12 @@
 //! The PostgREST query grammar: query-string parameters become a [`ReadQuery`] AST.
 //!
 //! Pure: it knows nothing of the schema. [`crate::plan`] checks every name against it.
+//!
+//! Nesting is bounded while parsing, before each recursion (`spec.limits.maxLogicDepth` and
+//! `maxEmbedDepth`), so no query string can exhaust the stack however deep it nests.
 
 use sluice_crds::apirole::FilterOperator;
+use sluice_crds::limits::LimitsSpec;
 
 use crate::error::ApiError;
 
@@ -135,12 +139,12 @@ pub struct ReadQuery {
     pub columns: Vec<String>,
 }
 
-/// Parses decoded query-string pairs.
-pub fn parse_query(pairs: &[(String, String)]) -> Result<ReadQuery, ApiError> {
+/// Parses decoded query-string pairs, refusing nesting deeper than `limits` allow.
+pub fn parse_query(pairs: &[(String, String)], limits: &LimitsSpec) -> Result<ReadQuery, ApiError> {
     let mut query = ReadQuery::default();
     for (key, value) in pairs {
         match key.as_str() {
-            "select" => query.select = parse_select(value)?,
+            "select" => query.select = parse_select(value, limits)?,
             "order" => query.order = parse_order(value)?,
             "limit" => query.limit = Some(parse_count("limit", value)?),
             "offset" => query.offset = Some(parse_count("offset", value)?),
@@ -158,7 +162,7 @@ pub fn parse_query(pairs: &[(String, String)]) -> Result<ReadQuery, ApiError> {
                 query.filters.push(Condition::Group {
                     any,
                     negated,
-                    conditions: parse_condition_list(inner)?,
+                    conditions: parse_condition_list(inner, 1, limits)?,
                 });
             }
             column => query.filters.push(parse_predicate(column, value)?),
@@ -222,8 +226,21 @@ fn unbalanced(text: &str) -> ApiError {
     )
 }
 
-/// Parses `a.eq.1,or(b.gt.2,c.is.null),not.and(…)` inside a logic group.
-fn parse_condition_list(text: &str) -> Result<Vec<Condition>, ApiError> {
+/// Refuses a logic group nested `depth` deep (the outermost is 1) beyond the limit.
+fn check_logic_depth(depth: u32, limits: &LimitsSpec) -> Result<(), ApiError> {
+    if depth > limits.max_logic_depth {
+        return Err(ApiError::LimitExceeded {
+            limit: "maxLogicDepth",
+            value: limits.max_logic_depth,
+            what: format!("the filter nests logic groups (and, or, not) at least {depth} deep"),
+        });
+    }
+    Ok(())
+}
+
+/// Parses `a.eq.1,or(b.gt.2,c.is.null),not.and(…)` inside a logic group `depth` deep.
+fn parse_condition_list(text: &str, depth: u32, limits: &LimitsSpec) -> Result<Vec<Condition>, ApiError> {
+    check_logic_depth(depth, limits)?;
     let mut conditions = Vec::new();
     for part in split_top_level(text)? {
         let (negated, rest) = match part.strip_prefix("not.") {
@@ -234,13 +251,13 @@ fn parse_condition_list(text: &str) -> Result<Vec<Condition>, ApiError> {
             conditions.push(Condition::Group {
                 any: false,
                 negated,
-                conditions: parse_condition_list(inner)?,
+                conditions: parse_condition_list(inner, depth + 1, limits)?,
             });
         } else if let Some(inner) = rest.strip_prefix("or").and_then(strip_parens) {
             conditions.push(Condition::Group {
                 any: true,
                 negated,
-                conditions: parse_condition_list(inner)?,
+                conditions: parse_condition_list(inner, depth + 1, limits)?,
             });
         } else {
             let (column, expression) = rest.split_once('.').ok_or_else(|| {
@@ -313,8 +330,13 @@ fn parse_list(value: &str) -> Result<Vec<String>, ApiError> {
     Ok(split_top_level(inner)?.into_iter().map(unquote).collect())
 }
 
-/// Parses `select=`.
-pub fn parse_select(text: &str) -> Result<Vec<SelectItem>, ApiError> {
+/// Parses `select=`, refusing embeds nested deeper than `limits` allow.
+pub fn parse_select(text: &str, limits: &LimitsSpec) -> Result<Vec<SelectItem>, ApiError> {
+    parse_select_items(text, 0, limits)
+}
+
+/// Parses the items of `select=` inside embeds nested `depth` deep (0 at the top).
+fn parse_select_items(text: &str, depth: u32, limits: &LimitsSpec) -> Result<Vec<SelectItem>, ApiError> {
     let mut items = Vec::new();
     for part in split_top_level(text)? {
         let part = part.trim();
@@ -341,10 +363,17 @@ pub fn parse_select(text: &str) -> Result<Vec<SelectItem>, ApiError> {
                 Some((table, hint)) => (table.to_owned(), Some(hint.to_owned())),
                 None => (rest[..open].to_owned(), None),
             };
+            if depth + 1 > limits.max_embed_depth {
+                return Err(ApiError::LimitExceeded {
+                    limit: "maxEmbedDepth",
+                    value: limits.max_embed_depth,
+                    what: format!("select nests embedded resources at least {} deep", depth + 1),
+                });
+            }
             let items_inner = if inner.is_empty() {
                 vec![SelectItem::Star]
             } else {
-                parse_select(inner)?
+                parse_select_items(inner, depth + 1, limits)?
             };
             items.push(SelectItem::Embed {
                 alias,
@@ -405,6 +434,45 @@ mod tests {
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn parse_query(pairs: &[(String, String)]) -> Result<ReadQuery, ApiError> {
+        super::parse_query(pairs, &LimitsSpec::default())
+    }
+
+    fn parse_select(text: &str) -> Result<Vec<SelectItem>, ApiError> {
+        super::parse_select(text, &LimitsSpec::default())
+    }
+
+    fn limit_of(error: ApiError) -> &'static str {
+        match error {
+            ApiError::LimitExceeded { limit, .. } => limit,
+            other => panic!("expected limit_exceeded, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nesting_beyond_the_limits_is_refused_before_it_recurses() {
+        let deep_logic = format!("({}id.eq.1{})", "and(".repeat(100_000), ")".repeat(100_000));
+        let error = parse_query(&pairs(&[("or", &deep_logic)])).expect_err("too deep");
+        assert_eq!(limit_of(error), "maxLogicDepth");
+        let deep_select = format!("id,{}id{}", "orders(".repeat(100_000), ")".repeat(100_000));
+        let error = parse_query(&pairs(&[("select", &deep_select)])).expect_err("too deep");
+        assert_eq!(limit_of(error), "maxEmbedDepth");
+
+        let limits = LimitsSpec::default();
+        let at_limit = |depth: u32| {
+            let depth = depth as usize;
+            format!("({}id.eq.1{})", "and(".repeat(depth - 1), ")".repeat(depth - 1))
+        };
+        assert!(super::parse_query(&pairs(&[("or", &at_limit(limits.max_logic_depth))]), &limits).is_ok());
+        assert!(super::parse_query(&pairs(&[("or", &at_limit(limits.max_logic_depth + 1))]), &limits).is_err());
+        let embeds = |depth: u32| {
+            let depth = depth as usize;
+            format!("id,{}id{}", "orders(".repeat(depth), ")".repeat(depth))
+        };
+        assert!(super::parse_select(&embeds(limits.max_embed_depth), &limits).is_ok());
+        assert!(super::parse_select(&embeds(limits.max_embed_depth + 1), &limits).is_err());
     }
 
     fn predicate(column: &str, negated: bool, operator: FilterOperator, operand: Operand) -> Condition {

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use sluice_crds::RuntimeConfig;
 use sluice_crds::apirole::Verb;
+use sluice_crds::limits::LimitsSpec;
 
 use crate::app::AppState;
 use crate::audit::redact_body;
@@ -54,10 +55,10 @@ impl Preferences {
 
 /// Decoded query-string pairs. Decoding cannot fail: invalid UTF-8 after percent-decoding
 /// becomes U+FFFD, as it did through axum's `Query`, which decodes with the same crate.
-fn query_pairs(uri: &Uri) -> Result<ReadQuery, ApiError> {
+fn query_pairs(uri: &Uri, limits: &LimitsSpec) -> Result<ReadQuery, ApiError> {
     let query = uri.query().unwrap_or_default();
     let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    parse_query(&pairs)
+    parse_query(&pairs, limits)
 }
 
 /// Applies `Range: 0-9` (items) to the query's limit and offset.
@@ -144,7 +145,7 @@ pub async fn read_rows(
     let access = call.access();
     let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
-    let mut query = query_pairs(&uri)?;
+    let mut query = query_pairs(&uri, &call.live.config.limits)?;
     apply_range(&headers, &mut query)?;
     let read = plan::read(&view, table, &query, paging(&call.live.config))?;
     let offset = read.offset;
@@ -154,7 +155,15 @@ pub async fn read_rows(
         returning: None,
     };
     let preferences = Preferences::from_headers(&headers);
-    let outcome = pipeline::run(&state, &schema, &access, plan, preferences.count_exact).await?;
+    let outcome = pipeline::run(
+        &state,
+        &schema,
+        &access,
+        plan,
+        preferences.count_exact,
+        &call.live.config.limits,
+    )
+    .await?;
     if wants_single(&headers) {
         return single_object(outcome);
     }
@@ -177,7 +186,7 @@ pub async fn read_row(
     let access = call.access();
     let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
-    let query = query_pairs(&uri)?;
+    let query = query_pairs(&uri, &call.live.config.limits)?;
     let mut read = plan::read(&view, table, &query, paging(&call.live.config))?;
     read.filters.extend(plan::primary_key_filters(table, &key)?);
     read.limit = 1;
@@ -187,7 +196,7 @@ pub async fn read_row(
         action: Action::Read(read),
         returning: None,
     };
-    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false, &call.live.config.limits).await?;
     match outcome.rows.into_first() {
         Some(row) => Ok(json_response(StatusCode::OK, row)),
         None => Err(ApiError::RowNotFound {
@@ -197,7 +206,27 @@ pub async fn read_row(
     }
 }
 
+/// Whether the body is declared JSON (`application/json`, with or without parameters, or a
+/// `+json` type). Anything else is refused before it is read: a browser on another site may send
+/// `text/plain` or form bodies without asking first (no CORS preflight), JSON only after a
+/// preflight, which this API never grants.
+fn declared_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap_or("(not text)"));
+    let essence = content_type
+        .map(|value| value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        return Ok(());
+    }
+    Err(ApiError::UnsupportedMediaType {
+        content_type: content_type.unwrap_or("missing").chars().take(100).collect(),
+    })
+}
+
 async fn read_body(call: &Call, headers: &HeaderMap, body: Body) -> Result<plan::BodyRows, ApiError> {
+    declared_json(headers)?;
     let limit = call.live.config.rest.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -287,7 +316,7 @@ pub async fn create_rows(
     };
     let writable = access.writable(table, verbs)?;
     plan::check_writable(table, call.live.config.database.read_only)?;
-    let query = query_pairs(&uri)?;
+    let query = query_pairs(&uri, &call.live.config.limits)?;
     let rows = read_body(&call, &headers, body).await?;
     note_body(&call, &writable, &rows);
     let mut insert = plan::insert(&writable, &rows, &query.columns)?;
@@ -323,7 +352,7 @@ pub async fn create_rows(
         action: Action::Insert(insert),
         returning,
     };
-    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false, &call.live.config.limits).await?;
     write_response(StatusCode::CREATED, outcome, returned, wants_single(&headers))
 }
 
@@ -341,7 +370,7 @@ pub async fn update_rows(
     let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Update])?;
-    let query = query_pairs(&uri)?;
+    let query = query_pairs(&uri, &call.live.config.limits)?;
     if query.filters.is_empty() {
         return Err(ApiError::FilterRequired {
             verb: "PATCH",
@@ -364,7 +393,7 @@ pub async fn update_rows(
         action: Action::Update(update),
         returning,
     };
-    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false, &call.live.config.limits).await?;
     write_response(StatusCode::OK, outcome, returned, wants_single(&headers))
 }
 
@@ -381,7 +410,7 @@ pub async fn delete_rows(
     let view = access.shared_view(&schema);
     let table = plan::table(&view, &table_name)?;
     access.require(&table.name, &[Verb::Delete])?;
-    let query = query_pairs(&uri)?;
+    let query = query_pairs(&uri, &call.live.config.limits)?;
     if query.filters.is_empty() {
         return Err(ApiError::FilterRequired {
             verb: "DELETE",
@@ -398,7 +427,7 @@ pub async fn delete_rows(
         action: Action::Delete(filters),
         returning,
     };
-    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false, &call.live.config.limits).await?;
     write_response(StatusCode::OK, outcome, returned, wants_single(&headers))
 }
 
@@ -430,7 +459,7 @@ pub async fn update_row(
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Update])?;
     plan::check_writable(table, call.live.config.database.read_only)?;
-    let query = query_pairs(&uri)?;
+    let query = query_pairs(&uri, &call.live.config.limits)?;
     let filters = plan::primary_key_filters(table, &key)?;
     let preferences = Preferences::from_headers(&headers);
     let rows = read_body(&call, &headers, body).await?;
@@ -446,7 +475,7 @@ pub async fn update_row(
         action: Action::Update(update),
         returning,
     };
-    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false, &call.live.config.limits).await?;
     row_response(outcome, returned, table, key)
 }
 
@@ -465,7 +494,7 @@ pub async fn replace_row(
     let table = plan::table(&view, &table_name)?;
     let writable = access.writable(table, &[Verb::Create, Verb::Update])?;
     plan::check_writable(table, call.live.config.database.read_only)?;
-    let query = query_pairs(&uri)?;
+    let query = query_pairs(&uri, &call.live.config.limits)?;
     // Checks the key's shape and types before the body is read.
     plan::primary_key_filters(table, &key)?;
     let preferences = Preferences::from_headers(&headers);
@@ -505,7 +534,7 @@ pub async fn replace_row(
         action: Action::Insert(insert),
         returning,
     };
-    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false, &call.live.config.limits).await?;
     match outcome.rows.into_first() {
         Some(row) if returned => Ok(json_response(StatusCode::OK, row)),
         _ => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -526,7 +555,7 @@ pub async fn delete_row(
     let table = plan::table(&view, &table_name)?;
     access.require(&table.name, &[Verb::Delete])?;
     plan::check_writable(table, call.live.config.database.read_only)?;
-    let query = query_pairs(&uri)?;
+    let query = query_pairs(&uri, &call.live.config.limits)?;
     let filters = plan::primary_key_filters(table, &key)?;
     let preferences = Preferences::from_headers(&headers);
     let returning = returning(&view, table, &query, &preferences)?;
@@ -536,7 +565,7 @@ pub async fn delete_row(
         action: Action::Delete(filters),
         returning,
     };
-    let outcome = pipeline::run(&state, &schema, &access, plan, false).await?;
+    let outcome = pipeline::run(&state, &schema, &access, plan, false, &call.live.config.limits).await?;
     row_response(outcome, returned, table, key)
 }
 
@@ -551,7 +580,7 @@ mod tests {
     fn query_pairs_are_percent_and_plus_decoded() {
         let uri: Uri = "/api/v1/customers?name=eq.J%C3%B6rg+M&limit=5".parse().expect("a URI");
 
-        let query = query_pairs(&uri).expect("a valid query");
+        let query = query_pairs(&uri, &Default::default()).expect("a valid query");
 
         assert_eq!(
             query.filters,

@@ -935,7 +935,7 @@ mod tests {
     fn read(engine: Engine, table: &str, query: &[(&str, &str)]) -> Statement {
         let schema = schema();
         let pairs: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let parsed = parse_query(&pairs).expect("valid query");
+        let parsed = parse_query(&pairs, &Default::default()).expect("valid query");
         let table = &schema.tables[table];
         let plan = plan::read(
             &schema,

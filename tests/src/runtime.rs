@@ -4,7 +4,8 @@
 //! The fixture DataApi has four roles ([`ROLES`]): `admin` (everything, with a key), `clerk`
 //! (narrowed by deny and allow lists, with a key), the anonymous `visitor` (an allow list and
 //! `maxRows: 1`), `tenant` (row filters and masks, with a key) and `metered` (reads customers,
-//! rate limited to a burst of 5 and one request a second, with two keys), and `partner`, which
+//! rate limited to a burst of 5 and one request a second, with two keys), `sampler` (reads
+//! customers and orders, at most one row of each, with a key), and `partner`, which
 //! only JWT callers get (role claim `partner`): orders of the customer in their `customer` claim.
 //! Tokens are HS256 with the secret from `SLUICE_TEST_JWT_HMAC_SECRET` ([`token`]). Keys are generated per fixture; [`TestApi::call`] sends the admin's.
 
@@ -129,6 +130,17 @@ spec:
       verbs: [read]
   rateLimit: { requestsPerMinute: 60, burst: 5 }
   apiKeys: [{ name: one }, { name: two }]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ApiRole
+metadata: { name: sampler, namespace: test }
+spec:
+  dataApis: [fixture]
+  rules:
+    - tables: [customers, orders]
+      verbs: [read]
+      maxRows: 1
+  apiKeys: [{ name: peek }]
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: ApiRole
@@ -298,17 +310,30 @@ fn log_to_test_output() {
 /// Creates a fixture on `engine` (on the shared test server) and serves it. Panics (failing
 /// the test) when the database is unreachable: the suite never skips.
 pub async fn start(engine: Engine) -> TestApi {
+    start_with(engine, |_| {}).await
+}
+
+/// Like [`start`], with the fixture's config changed by `adjust` first (e.g. shorter limits).
+pub async fn start_with(engine: Engine, adjust: impl FnOnce(&mut sluice_crds::RuntimeConfig)) -> TestApi {
     let server_url = match engine {
         Engine::Postgres => postgres_url(),
         Engine::Mysql => mysql_url(),
         Engine::Sqlite => String::new(),
     };
-    start_on(engine, &server_url).await
+    serve_fixture(engine, &server_url, adjust).await
 }
 
 /// Like [`start`], on the PostgreSQL or MariaDB server at `server_url` (e.g. a
 /// [`crate::private_db::PrivateDb`] that the test stops and starts); ignored for SQLite.
 pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
+    serve_fixture(engine, server_url, |_| {}).await
+}
+
+async fn serve_fixture(
+    engine: Engine,
+    server_url: &str,
+    adjust: impl FnOnce(&mut sluice_crds::RuntimeConfig),
+) -> TestApi {
     log_to_test_output();
     let name = unique_name();
     let fixture = fixture_sql(engine);
@@ -358,6 +383,8 @@ pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
             (manifest(engine, None, Some(&path_text)), url, Cleanup::Sqlite { path })
         }
     };
+    let mut config = config;
+    adjust(&mut config);
     let database = Database::connect(engine, &url, &config.database.pool).expect("database URL parses");
     let audit_path = std::env::temp_dir().join(format!("{}-audit.jsonl", unique_name()));
     let audit_file = std::fs::File::create(&audit_path).expect("create the audit log file");

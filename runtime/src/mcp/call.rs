@@ -116,6 +116,58 @@ enum Outcome {
 
 type ToolResult = Result<String, Outcome>;
 
+/// Deepest nesting a result's structured content may have. A JSON column can nest deeper than
+/// serde_json's default limit of 128 (which then failed every call reading that row); past this
+/// bound the parsed document would cost a stack frame per level to build and drop, so such a
+/// result carries its exact text only.
+const MAX_STRUCTURED_DEPTH: usize = 1_024;
+
+/// A tool result's text parsed as its structured content, or `None` when it nests deeper than
+/// [`MAX_STRUCTURED_DEPTH`].
+fn structured_content(text: &str) -> Result<Option<Value>, ErrorData> {
+    if json_depth(text) > MAX_STRUCTURED_DEPTH {
+        tracing::info!(
+            max_depth = MAX_STRUCTURED_DEPTH,
+            "a tool result nests too deeply for structured content; it is sent as text only"
+        );
+        return Ok(None);
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    deserializer.disable_recursion_limit();
+    let value = Value::deserialize(&mut deserializer).map_err(|error| {
+        tracing::error!(%error, "a tool result is not JSON");
+        ErrorData::internal_error("the tool produced an invalid result", None)
+    })?;
+    Ok(Some(value))
+}
+
+/// How deeply arrays and objects nest in the JSON `text`, counted without recursion.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Runs tool `name` for the caller. The result's text is the exact JSON the database rendered
 /// (every digit kept); its structured content is the same document.
 pub async fn call(
@@ -203,12 +255,9 @@ pub async fn call(
         Ok(text) => {
             span.in_scope(|| tracing::info!(error = false, "tool called"));
             audit(200, None);
-            let structured = serde_json::from_str(&text).map_err(|error| {
-                tracing::error!(%error, "a tool result is not JSON");
-                ErrorData::internal_error("the tool produced an invalid result", None)
-            })?;
+            let structured = structured_content(&text)?;
             let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-            result.structured_content = Some(structured);
+            result.structured_content = structured;
             Ok(result)
         }
         Err(outcome) => {
@@ -460,9 +509,16 @@ fn select(columns: &[String]) -> Vec<SelectItem> {
 }
 
 /// Rows as one JSON result: at most `limit` of them and [`MAX_RESULT_BYTES`], marked
-/// `truncated` with a paging hint when some were left out (`overflow` when the rows cannot be
-/// paged by offset). `leading` fields come first.
-fn rows_result(rows: &Rows, limit: usize, offset: Option<u64>, leading: &[(&str, u64)], overflow: &str) -> String {
+/// `truncated` with a paging hint when some were left out, or when `more` says that rows past
+/// these matched (`overflow` when the rows cannot be paged by offset). `leading` fields come first.
+fn rows_result(
+    rows: &Rows,
+    limit: usize,
+    more: bool,
+    offset: Option<u64>,
+    leading: &[(&str, u64)],
+    overflow: &str,
+) -> String {
     let mut text = String::from("{");
     for (name, value) in leading {
         text.push_str(&format!("\"{name}\":{value},"));
@@ -481,7 +537,7 @@ fn rows_result(rows: &Rows, limit: usize, offset: Option<u64>, leading: &[(&str,
         bytes += row.len() + 1;
         returned += 1;
     }
-    let truncated = returned < rows.len();
+    let truncated = more || returned < rows.len();
     text.push_str(&format!("],\"returned\":{returned},\"truncated\":{truncated}"));
     if truncated {
         let by_bytes = returned < limit.min(rows.len());
@@ -531,7 +587,7 @@ impl Tool<'_> {
     }
 
     async fn run(&self, plan: Plan, count: bool) -> Result<crate::execute::Outcome, ApiError> {
-        pipeline::run(self.state, self.schema, self.access, plan, count).await
+        pipeline::run(self.state, self.schema, self.access, plan, count, &self.config.limits).await
     }
 
     fn list_tables(&self, arguments: Result<NoArguments, Outcome>) -> ToolResult {
@@ -592,6 +648,7 @@ impl Tool<'_> {
         Ok(rows_result(
             &outcome.rows,
             usize::try_from(limit).unwrap_or(usize::MAX),
+            outcome.capped,
             Some(offset),
             &[],
             "",
@@ -707,6 +764,7 @@ impl Tool<'_> {
         Ok(rows_result(
             &outcome.rows,
             limit,
+            false,
             None,
             &[(counted, outcome.affected)],
             "more rows were written than one result carries; read them with query_rows",
@@ -754,11 +812,16 @@ impl Tool<'_> {
         let config = &self.config;
         let query = named::find(config, self.access, name).ok_or(ApiError::Internal)?;
         let max_rows = usize::try_from(self.max_rows()).unwrap_or(usize::MAX);
-        match named::run(&self.state.database, query, arguments, max_rows).await? {
+        let database = &self.state.database;
+        match database
+            .within_deadline(named::run(database, query, arguments, max_rows))
+            .await?
+        {
             NamedOutcome::Affected(affected) => Ok(json!({ "affected": affected }).to_string()),
             NamedOutcome::Rows(rows) => Ok(rows_result(
                 &rows,
                 max_rows,
+                false,
                 None,
                 &[],
                 "the query matched more rows than one result carries; narrow it with its parameters",
@@ -782,13 +845,14 @@ mod tests {
     #[test]
     fn results_stop_at_the_limit_and_say_where_to_continue() {
         let rows: Rows = (0..3).map(|id| format!("{{\"id\":{id}}}")).collect();
-        let page: Value = serde_json::from_str(&rows_result(&rows, 2, Some(10), &[], "")).expect("JSON");
+        let page: Value = serde_json::from_str(&rows_result(&rows, 2, false, Some(10), &[], "")).expect("JSON");
         assert_eq!(
             page,
             json!({ "rows": [{ "id": 0 }, { "id": 1 }], "returned": 2, "truncated": true, "nextOffset": 12,
                     "hint": "more rows match: call again with offset 12" })
         );
-        let last: Value = serde_json::from_str(&rows_result(&rows, 5, Some(0), &[("inserted", 3)], "")).expect("JSON");
+        let last: Value =
+            serde_json::from_str(&rows_result(&rows, 5, false, Some(0), &[("inserted", 3)], "")).expect("JSON");
         assert_eq!(last["truncated"], json!(false));
         assert_eq!(
             (last["inserted"].clone(), last["returned"].clone()),
@@ -800,13 +864,22 @@ mod tests {
     fn results_stop_at_the_byte_cap() {
         let wide = format!("{{\"text\":\"{}\"}}", "x".repeat(MAX_RESULT_BYTES / 2));
         let rows: Rows = [wide.clone(), wide.clone(), wide].into_iter().collect();
-        let page: Value = serde_json::from_str(&rows_result(&rows, 10, Some(0), &[], "")).expect("JSON");
+        let page: Value = serde_json::from_str(&rows_result(&rows, 10, false, Some(0), &[], "")).expect("JSON");
         assert_eq!(page["returned"], json!(1));
         assert_eq!(page["nextOffset"], json!(1));
         assert!(
             page["hint"].as_str().is_some_and(|hint| hint.contains("byte cap")),
             "{page}"
         );
+    }
+
+    #[test]
+    fn deeply_nested_results_keep_their_text_and_moderate_ones_their_structure() {
+        let nested = |depth: usize| format!("{{\"rows\":[{{\"doc\":{}1{}}}]}}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(json_depth(r#"{"a":"[[[{{","b":[1,{"c":"\\\""}]}"#), 3);
+        let moderate = structured_content(&nested(900)).expect("parses").expect("structured");
+        assert!(moderate["rows"][0]["doc"].is_array());
+        assert!(structured_content(&nested(100_000)).expect("parses").is_none());
     }
 
     #[test]

@@ -77,40 +77,40 @@ fn exceeded(limit: &'static str, value: u32, what: String) -> ApiError {
 /// Refuses a plan, as the caller asked for it, that is larger than `limits` allow.
 pub fn check_request(plan: &Plan, limits: &LimitsSpec) -> Result<(), ApiError> {
     let size = Size::of_plan(plan);
-    if size.logic_depth > limits.max_logic_depth {
-        return Err(exceeded(
+    let checks = [
+        (
             "maxLogicDepth",
             limits.max_logic_depth,
-            format!("the filter nests logic groups {} deep", size.logic_depth),
-        ));
-    }
-    if size.filter_terms > limits.max_filter_terms {
-        return Err(exceeded(
+            size.logic_depth,
+            "the filter nests logic groups {} deep",
+        ),
+        (
             "maxFilterTerms",
             limits.max_filter_terms,
-            format!("the request has {} filter conditions", size.filter_terms),
-        ));
-    }
-    if size.embed_depth > limits.max_embed_depth {
-        return Err(exceeded(
+            size.filter_terms,
+            "the request has {} filter conditions",
+        ),
+        (
             "maxEmbedDepth",
             limits.max_embed_depth,
-            format!("select nests embedded resources {} deep", size.embed_depth),
-        ));
-    }
-    if size.embeds > limits.max_embeds {
-        return Err(exceeded(
+            size.embed_depth,
+            "select nests embedded resources {} deep",
+        ),
+        (
             "maxEmbeds",
             limits.max_embeds,
-            format!("select embeds {} resources", size.embeds),
-        ));
-    }
-    if size.selected_columns > limits.max_selected_columns {
-        return Err(exceeded(
+            size.embeds,
+            "select embeds {} resources",
+        ),
+        (
             "maxSelectedColumns",
             limits.max_selected_columns,
-            format!("select names {} columns", size.selected_columns),
-        ));
+            size.selected_columns,
+            "select names {} columns",
+        ),
+    ];
+    if let Some((limit, value, asked, what)) = checks.into_iter().find(|(_, value, asked, _)| asked > value) {
+        return Err(exceeded(limit, value, what.replace("{}", &asked.to_string())));
     }
     check_bind_parameters(plan, limits)
 }

@@ -54,6 +54,12 @@ pub enum ApiError {
         /// The configured limit.
         limit: u64,
     },
+    /// The request body did not arrive within `limits.bodyReadTimeoutSeconds` of its headers.
+    #[error("the request body did not arrive within {limit_seconds} s")]
+    RequestTimeout {
+        /// The body read timeout, in seconds.
+        limit_seconds: u64,
+    },
     /// A PATCH or DELETE without any filter.
     #[error("{verb} on \"{table}\" without a filter would change every row")]
     FilterRequired {
@@ -228,6 +234,7 @@ impl ApiError {
             | Self::FilterRequired { .. }
             | Self::InvalidValue(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. }
             | Self::MaskedColumn { .. }
@@ -251,6 +258,7 @@ impl ApiError {
             Self::WrongType { .. } => "wrong_type",
             Self::InvalidBody(_) => "invalid_body",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::RequestTimeout { .. } => "request_timeout",
             Self::FilterRequired { .. } => "filter_required",
             Self::ReadOnly { .. } => "read_only",
             Self::Unauthenticated { .. } => "unauthenticated",
@@ -284,6 +292,9 @@ impl ApiError {
             Self::BadQuery { hint, .. } => hint.clone(),
             Self::InvalidBody(_) => Some("send a JSON object, or an array of objects with the same keys".into()),
             Self::PayloadTooLarge { .. } => Some("send fewer rows per request".into()),
+            Self::RequestTimeout { limit_seconds } => Some(format!(
+                "send the whole body right after the headers, within {limit_seconds} s; the operator of this API sets that limit as spec.limits.bodyReadTimeoutSeconds"
+            )),
             Self::Unauthenticated { challenge, .. } => Some(format!(
                 "authenticate as the WWW-Authenticate header says ({challenge}); ask the operator of this API for a key"
             )),
@@ -395,6 +406,12 @@ impl IntoResponse for ApiError {
         }
         if let Some(challenge) = challenge {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come; the connection cannot be used for another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

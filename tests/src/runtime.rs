@@ -16,6 +16,7 @@ use sluice_crds::dataapi::Engine;
 use sluice_runtime::AppState;
 use sluice_runtime::audit::{AuditLog, AuditWriter};
 use sluice_runtime::db::Database;
+use sluice_runtime::server::ConnectionLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -215,7 +216,7 @@ pub struct TestApi {
     keys: BTreeMap<String, String>,
     cleanup: Cleanup,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tokio::task::JoinHandle<()>,
     /// The running runtime's state.
     pub state: std::sync::Arc<AppState>,
     /// The config it started with.
@@ -298,17 +299,30 @@ fn log_to_test_output() {
 /// Creates a fixture on `engine` (on the shared test server) and serves it. Panics (failing
 /// the test) when the database is unreachable: the suite never skips.
 pub async fn start(engine: Engine) -> TestApi {
+    start_with(engine, |_| {}).await
+}
+
+/// Like [`start`], with the fixture's config changed by `adjust` first (e.g. shorter limits).
+pub async fn start_with(engine: Engine, adjust: impl FnOnce(&mut sluice_crds::RuntimeConfig)) -> TestApi {
     let server_url = match engine {
         Engine::Postgres => postgres_url(),
         Engine::Mysql => mysql_url(),
         Engine::Sqlite => String::new(),
     };
-    start_on(engine, &server_url).await
+    serve_fixture(engine, &server_url, adjust).await
 }
 
 /// Like [`start`], on the PostgreSQL or MariaDB server at `server_url` (e.g. a
 /// [`crate::private_db::PrivateDb`] that the test stops and starts); ignored for SQLite.
 pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
+    serve_fixture(engine, server_url, |_| {}).await
+}
+
+async fn serve_fixture(
+    engine: Engine,
+    server_url: &str,
+    adjust: impl FnOnce(&mut sluice_crds::RuntimeConfig),
+) -> TestApi {
     log_to_test_output();
     let name = unique_name();
     let fixture = fixture_sql(engine);
@@ -358,6 +372,8 @@ pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
             (manifest(engine, None, Some(&path_text)), url, Cleanup::Sqlite { path })
         }
     };
+    let mut config = config;
+    adjust(&mut config);
     let database = Database::connect(engine, &url, &config.database.pool).expect("database URL parses");
     let audit_path = std::env::temp_dir().join(format!("{}-audit.jsonl", unique_name()));
     let audit_file = std::fs::File::create(&audit_path).expect("create the audit log file");
@@ -366,9 +382,17 @@ pub async fn start_on(engine: Engine, server_url: &str) -> TestApi {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
     let address = listener.local_addr().expect("local address");
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sluice_runtime::server::serve(listener, app.router, async move {
-        let _ = stop.await;
-    }));
+    // Connection limits follow the live config, as in the runtime's binary.
+    let state = app.state.clone();
+    let limits = move || ConnectionLimits::from(&state.live().config.limits);
+    let server = tokio::spawn(sluice_runtime::server::serve(
+        listener,
+        app.router,
+        limits,
+        async move {
+            let _ = stop.await;
+        },
+    ));
     let api = TestApi {
         engine,
         address,
@@ -444,7 +468,7 @@ impl TestApi {
     }
 
     /// Starts a graceful shutdown and waits until the server has finished every request.
-    pub async fn shut_down(&mut self) -> std::io::Result<()> {
+    pub async fn shut_down(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -455,7 +479,7 @@ impl TestApi {
 
     /// Shuts the server down, flushes the audit log and returns its lines, parsed.
     pub async fn audit_lines(&mut self) -> Vec<Value> {
-        self.shut_down().await.expect("graceful shutdown");
+        self.shut_down().await;
         if let Some(writer) = self.audit_writer.take() {
             writer.close().await.expect("the audit log flushes");
         }

@@ -41,11 +41,13 @@ pub struct LimitsSpec {
     #[schemars(range(min = 100, max = 30_000))]
     pub max_bind_parameters: u32,
     /// Longest a client may take to send a request's headers, in seconds, counted from the
-    /// connection's start or the end of its previous response.
+    /// connection's start for its first request and from the first byte of each later one (the
+    /// wait between requests is bounded by `idleTimeoutSeconds`).
     #[serde(default = "default_header_read_timeout_seconds")]
     #[schemars(range(min = 1, max = 300))]
     pub header_read_timeout_seconds: u32,
-    /// Longest a client may take to send a request's body, in seconds.
+    /// Longest a client may take to send a request's body, in seconds, counted from the end of
+    /// its headers.
     #[serde(default = "default_body_read_timeout_seconds")]
     #[schemars(range(min = 1, max = 600))]
     pub body_read_timeout_seconds: u32,

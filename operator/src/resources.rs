@@ -28,6 +28,10 @@ pub const CONFIG_MOUNT_PATH: &str = "/etc/sluice";
 pub const RESTART_HASH_ANNOTATION: &str = "sluice.dev/restart-hash";
 /// User and group the runtime runs as (the distroless `nonroot` user).
 const RUNTIME_UID: i64 = 65532;
+/// Seconds a terminating pod gets beyond `spec.limits.shutdownTimeoutSeconds`: after the runtime
+/// has closed its last connection it still flushes the audit log and exits, and the kubelet kills
+/// it when the grace period ends.
+const TERMINATION_GRACE_MARGIN_SECONDS: i64 = 10;
 
 /// Names of the children of one DataApi.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -324,6 +328,9 @@ pub fn deployment(api: &DataApi, inputs: &PodInputs) -> Deployment {
         topology_spread_constraints: non_empty(overrides.topology_spread_constraints.clone()),
         priority_class_name: overrides.priority_class_name.clone(),
         image_pull_secrets: non_empty(overrides.image_pull_secrets.clone()),
+        termination_grace_period_seconds: Some(
+            i64::from(spec.limits.shutdown_timeout_seconds) + TERMINATION_GRACE_MARGIN_SECONDS,
+        ),
         ..PodSpec::default()
     };
 
@@ -665,6 +672,17 @@ spec:
         let mut new_secret = sales("");
         new_secret.spec.database.connection_secret_ref.as_mut().unwrap().name = "sales-db-v2".into();
         assert_ne!(restart_hash(&new_secret, &inputs()), base);
+    }
+
+    #[test]
+    fn pods_are_given_time_to_finish_requests_before_they_are_killed() {
+        let default = pod(&deployment(&sales(""), &inputs()));
+        assert_eq!(default.termination_grace_period_seconds, Some(20 + 10));
+        let patient = pod(&deployment(
+            &sales("  limits: { shutdownTimeoutSeconds: 45 }"),
+            &inputs(),
+        ));
+        assert_eq!(patient.termination_grace_period_seconds, Some(45 + 10));
     }
 
     #[test]

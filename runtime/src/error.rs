@@ -70,6 +70,12 @@ pub enum ApiError {
         /// What the request asked for, e.g. "the filter nests logic groups 9 deep".
         what: String,
     },
+    /// The request body did not arrive within `limits.bodyReadTimeoutSeconds` of its headers.
+    #[error("the request body did not arrive within {limit_seconds} s")]
+    RequestTimeout {
+        /// The body read timeout, in seconds.
+        limit_seconds: u64,
+    },
     /// A PATCH or DELETE without any filter.
     #[error("{verb} on \"{table}\" without a filter would change every row")]
     FilterRequired {
@@ -253,6 +259,7 @@ impl ApiError {
             | Self::InvalidValue(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. }
             | Self::MaskedColumn { .. }
@@ -277,6 +284,7 @@ impl ApiError {
             Self::InvalidBody(_) => "invalid_body",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Self::RequestTimeout { .. } => "request_timeout",
             Self::FilterRequired { .. } => "filter_required",
             Self::LimitExceeded { .. } => "limit_exceeded",
             Self::ReadOnly { .. } => "read_only",
@@ -317,6 +325,9 @@ impl ApiError {
             }
             Self::LimitExceeded { limit, value, .. } => Some(format!(
                 "spec.limits.{limit} is {value}: split the request into smaller ones, or ask the operator of this API to raise the limit"
+            )),
+            Self::RequestTimeout { limit_seconds } => Some(format!(
+                "send the whole body right after the headers, within {limit_seconds} s; the operator of this API sets that limit as spec.limits.bodyReadTimeoutSeconds"
             )),
             Self::Unauthenticated { challenge, .. } => Some(format!(
                 "authenticate as the WWW-Authenticate header says ({challenge}); ask the operator of this API for a key"
@@ -429,6 +440,12 @@ impl IntoResponse for ApiError {
         }
         if let Some(challenge) = challenge {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come; the connection cannot be used for another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -27,6 +27,7 @@ use crate::mcp::AuditedByEndpoint;
 use crate::metrics::{AuthFailure, RequestOutcome};
 use crate::pipeline::{self, CallFacts};
 use crate::ratelimit::RateDecision;
+use crate::server::BodyReadDeadline;
 
 /// An authenticated, rate-limited call: who calls, under which config generation.
 #[derive(Clone)]
@@ -117,7 +118,16 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next
         live: live.clone(),
         caller,
     });
+    let body_deadline = request.extensions().get::<BodyReadDeadline>().cloned();
     let (mut response, facts) = pipeline::observed(next.run(request)).await;
+    // The handler answered its failed body read as best it knew (rmcp with a 500); the client
+    // is told what happened.
+    if let Some(deadline) = body_deadline.filter(BodyReadDeadline::expired) {
+        response = ApiError::RequestTimeout {
+            limit_seconds: deadline.timeout().as_secs(),
+        }
+        .into_response();
+    }
     if let Some(decision) = &decision {
         merge_headers(&mut response, decision);
     }

@@ -9,6 +9,7 @@ use sluice_runtime::audit::AuditLog;
 use sluice_runtime::auth::Caller;
 use sluice_runtime::config::{self, DatabaseLocation, Loaded};
 use sluice_runtime::db::Database;
+use sluice_runtime::server::ConnectionLimits;
 use sluice_runtime::{app, build_app, reload, server};
 
 // glibc's malloc was ~13% of the runtime's CPU under load (bench/README.md): every request
@@ -112,11 +113,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let examples = examples(&app, &loaded).await;
     print_banner(&loaded, address, &examples);
-    let served = server::serve(listener, app.router, server::shutdown_signal()).await;
+    let state = app.state.clone();
+    let limits = move || ConnectionLimits::from(&state.live().config.limits);
+    server::serve(listener, app.router, limits, server::shutdown_signal()).await;
     if let Err(error) = audit_writer.close().await {
         tracing::error!(%error, "the audit log could not be flushed at shutdown");
     }
-    served.map_err(|error| format!("server failed: {error}"))
+    Ok(())
 }
 
 async fn open_database(loaded: &Loaded, seed_sql: Option<&std::path::Path>) -> Result<Database, String> {

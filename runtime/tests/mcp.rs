@@ -210,9 +210,11 @@ impl Api {
         let app = sluice_runtime::build_app(config.clone(), database.clone(), audit).expect("the fixture builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
+        let limits = sluice_runtime::server::ConnectionLimits::from(&config.limits);
         tokio::spawn(sluice_runtime::server::serve(
             listener,
             app.router.clone(),
+            move || limits,
             std::future::pending(),
         ));
         let api = Self {

@@ -17,6 +17,7 @@ use sluice_crds::dataapi::Engine;
 use sluice_runtime::AppState;
 use sluice_runtime::audit::{AuditLog, AuditWriter};
 use sluice_runtime::db::Database;
+use sluice_runtime::server::ConnectionLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -227,7 +228,7 @@ pub struct TestApi {
     keys: BTreeMap<String, String>,
     cleanup: Cleanup,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tokio::task::JoinHandle<()>,
     /// The running runtime's state.
     pub state: std::sync::Arc<AppState>,
     /// The config it started with.
@@ -393,9 +394,17 @@ async fn serve_fixture(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
     let address = listener.local_addr().expect("local address");
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sluice_runtime::server::serve(listener, app.router, async move {
-        let _ = stop.await;
-    }));
+    // Connection limits follow the live config, as in the runtime's binary.
+    let state = app.state.clone();
+    let limits = move || ConnectionLimits::from(&state.live().config.limits);
+    let server = tokio::spawn(sluice_runtime::server::serve(
+        listener,
+        app.router,
+        limits,
+        async move {
+            let _ = stop.await;
+        },
+    ));
     let api = TestApi {
         engine,
         address,
@@ -471,7 +480,7 @@ impl TestApi {
     }
 
     /// Starts a graceful shutdown and waits until the server has finished every request.
-    pub async fn shut_down(&mut self) -> std::io::Result<()> {
+    pub async fn shut_down(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -482,7 +491,7 @@ impl TestApi {
 
     /// Shuts the server down, flushes the audit log and returns its lines, parsed.
     pub async fn audit_lines(&mut self) -> Vec<Value> {
-        self.shut_down().await.expect("graceful shutdown");
+        self.shut_down().await;
         if let Some(writer) = self.audit_writer.take() {
             writer.close().await.expect("the audit log flushes");
         }

@@ -40,6 +40,13 @@ pub struct LimitsSpec {
     #[serde(default = "default_max_bind_parameters")]
     #[schemars(range(min = 100, max = 30_000))]
     pub max_bind_parameters: u32,
+    /// Failed authentications (an unknown key, a token that does not verify) one client address
+    /// may make per minute, in a burst of as many; past them, requests from that address that
+    /// carry credentials are answered 429 before the credentials are checked, so keys cannot be
+    /// guessed at speed. Requests without credentials are not affected.
+    #[serde(default = "default_failed_auth_per_minute")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub failed_auth_per_minute: u32,
     /// Longest a client may take to send a request's headers, in seconds, counted from the
     /// connection's start for its first request and from the first byte of each later one (the
     /// wait between requests is bounded by `idleTimeoutSeconds`).
@@ -82,6 +89,9 @@ fn default_max_selected_columns() -> u32 {
 fn default_max_bind_parameters() -> u32 {
     10_000
 }
+fn default_failed_auth_per_minute() -> u32 {
+    30
+}
 fn default_header_read_timeout_seconds() -> u32 {
     10
 }
@@ -104,6 +114,7 @@ impl Default for LimitsSpec {
             max_filter_terms: default_max_filter_terms(),
             max_selected_columns: default_max_selected_columns(),
             max_bind_parameters: default_max_bind_parameters(),
+            failed_auth_per_minute: default_failed_auth_per_minute(),
             header_read_timeout_seconds: default_header_read_timeout_seconds(),
             body_read_timeout_seconds: default_body_read_timeout_seconds(),
             idle_timeout_seconds: default_idle_timeout_seconds(),

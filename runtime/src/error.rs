@@ -140,6 +140,12 @@ pub enum ApiError {
         /// Seconds until a request will be accepted.
         retry_after_seconds: u64,
     },
+    /// The client address used up its failed authentications (`spec.limits.failedAuthPerMinute`).
+    #[error("too many failed authentications from this address; retry in {retry_after_seconds} s")]
+    TooManyFailedAuthentications {
+        /// Seconds until credentials from this address are checked again.
+        retry_after_seconds: u64,
+    },
     /// An administrative endpoint called by a role without `admin: true`.
     #[error("role \"{role}\" may not call administrative endpoints")]
     NotAdmin {
@@ -265,7 +271,7 @@ impl ApiError {
             | Self::MaskedColumn { .. }
             | Self::OutsideRowFilter { .. }
             | Self::NotAdmin { .. } => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyFailedAuthentications { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ReadOnly { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::StatementTimeout | Self::DatabaseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -291,7 +297,7 @@ impl ApiError {
             Self::Unauthenticated { .. } => "unauthenticated",
             Self::Forbidden { .. } => "forbidden",
             Self::MaskedColumn { .. } => "masked_column",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited { .. } | Self::TooManyFailedAuthentications { .. } => "rate_limited",
             Self::NotAdmin { .. } => "not_admin",
             Self::OutsideRowFilter { .. } => "outside_row_filter",
             Self::RowNotFound { .. } => "not_found",
@@ -339,6 +345,10 @@ impl ApiError {
             Self::RateLimited { .. } => {
                 Some("wait as Retry-After says; the RateLimit headers of every response show what is left".into())
             }
+            Self::TooManyFailedAuthentications { .. } => Some(
+                "wait as Retry-After says, then send a valid key or token; spec.limits.failedAuthPerMinute bounds failed attempts per client address"
+                    .into(),
+            ),
             Self::NotAdmin { .. } => Some("call it with a key of a role that has admin: true".into()),
             Self::OutsideRowFilter { .. } => Some(
                 "write only rows the role can read back: the role's row filter must hold before and after the write"
@@ -427,7 +437,8 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(ErrorCode(self.code()));
         if let Self::RateLimited {
             retry_after_seconds, ..
-        } = &self
+        }
+        | Self::TooManyFailedAuthentications { retry_after_seconds } = &self
         {
             response
                 .headers_mut()

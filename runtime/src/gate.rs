@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use sluice_crds::config::ResolvedRateLimit;
 
 use crate::app::{AppState, Live, RequestId};
 use crate::audit::{AuditRecord, Transport};
@@ -74,6 +75,15 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next
         request.method().as_str().to_owned(),
     );
     record.path = Some(request.uri().path().to_owned());
+    let failures = FailedAuthentications::of(&request, &live);
+    if let Some(wait) = failures.as_ref().and_then(|failures| failures.exhausted(&state)) {
+        let response = ApiError::TooManyFailedAuthentications {
+            retry_after_seconds: wait.as_secs().max(1),
+        }
+        .into_response();
+        finish(&state, &live, record, CallFacts::default(), &response, started);
+        return response;
+    }
     let caller = match authenticate(
         &live.config.auth,
         &live.config.api_keys,
@@ -87,6 +97,9 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next
             state
                 .metrics
                 .record_auth_failure(auth_failure(request.headers(), &live));
+            if let Some(failures) = &failures {
+                failures.count(&state);
+            }
             let mut response = error.into_response();
             if mcp && live.config.auth.jwt.is_some() {
                 response = crate::mcp::with_resource_metadata(response, request.headers(), &live.config.mcp.path);
@@ -133,6 +146,40 @@ pub async fn gate(State(state): State<Arc<AppState>>, mut request: Request, next
     }
     finish(&state, &live, record, facts, &response, started);
     response
+}
+
+/// The failed authentications of one client address, for a request that carries credentials
+/// (`spec.limits.failedAuthPerMinute`): requests without any are the anonymous role's, limited
+/// as that role is.
+struct FailedAuthentications {
+    bucket: String,
+    limit: ResolvedRateLimit,
+}
+
+impl FailedAuthentications {
+    fn of(request: &Request, live: &Live) -> Option<Self> {
+        let headers = request.headers();
+        let credentials = headers.contains_key(live.config.auth.api_key_header.as_str())
+            || headers.contains_key(header::AUTHORIZATION);
+        let ConnectInfo(address) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+        let per_minute = live.config.limits.failed_auth_per_minute;
+        credentials.then(|| Self {
+            bucket: format!("failed-authentication@{}", address.ip()),
+            limit: ResolvedRateLimit {
+                requests_per_minute: per_minute,
+                burst: per_minute,
+            },
+        })
+    }
+
+    /// How long until the address may try again, when it has used up its failures.
+    fn exhausted(&self, state: &AppState) -> Option<std::time::Duration> {
+        state.limiter.empty_for(&self.bucket, &self.limit)
+    }
+
+    fn count(&self, state: &AppState) {
+        state.limiter.check(&self.bucket, &self.limit);
+    }
 }
 
 /// The rate-limit bucket: the caller's id, and for anonymous callers also their address, so

@@ -153,6 +153,18 @@ impl RateLimiter {
         }
     }
 
+    /// How long until `caller_key`'s bucket under `limit` holds a token again, without taking
+    /// one; `None` when it holds one now (or was never used).
+    pub fn empty_for(&self, caller_key: &str, limit: &ResolvedRateLimit) -> Option<Duration> {
+        let now = Instant::now();
+        let index = (self.hasher.hash_one(caller_key) % SHARDS as u64) as usize;
+        let shard = self.shards[index].lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = shard.buckets.get(caller_key)?;
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        let tokens = (bucket.tokens + elapsed * rate_per_second(limit)).min(capacity(limit));
+        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / rate_per_second(limit)))
+    }
+
     /// Number of buckets held: callers that spent tokens within about one refill period.
     pub fn tracked(&self) -> usize {
         self.shards

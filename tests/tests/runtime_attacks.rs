@@ -378,3 +378,37 @@ async fn caps_hold_and_deep_documents_read_back_on_mariadb() {
 async fn caps_hold_and_deep_documents_read_back_on_sqlite() {
     caps_hold_and_deep_documents_read_back(Engine::Sqlite).await;
 }
+
+/// Keys cannot be guessed at speed: past `failedAuthPerMinute` failures, an address's requests
+/// with credentials are refused before their credentials are checked, a right key included,
+/// while requests without credentials still get the anonymous role.
+#[tokio::test]
+async fn failed_authentications_are_throttled_per_address() {
+    let mut api = start_with(Engine::Sqlite, |config| config.limits.failed_auth_per_minute = 5).await;
+    for attempt in 0..5 {
+        let reply = api.call_as(Some("sluice_guess"), "GET", "/customers", &[], None).await;
+        assert_eq!(reply.status, 401, "attempt {attempt}: {}", reply.body);
+    }
+    let reply = api.call_as(Some("sluice_guess"), "GET", "/customers", &[], None).await;
+    assert_eq!(
+        (reply.status, reply.json()["code"].clone()),
+        (429, json!("rate_limited")),
+        "{}",
+        reply.body
+    );
+    assert!(reply.header("retry-after").is_some_and(|seconds| seconds != "0"));
+    let right_key = api
+        .call_as(Some(api.key("admin")), "GET", "/customers", &[], None)
+        .await;
+    assert_eq!(
+        right_key.status, 429,
+        "credentials are not checked while the address is throttled"
+    );
+    let anonymous = api.call_as(None, "GET", "/customers?limit=1", &[], None).await;
+    assert_eq!(anonymous.status, 200, "{}", anonymous.body);
+    let audit = api.audit_lines().await;
+    let throttled = audit.iter().filter(|line| line["status"] == 429).count();
+    let refused = audit.iter().filter(|line| line["status"] == 401).count();
+    assert_eq!((refused, throttled), (5, 2), "every attempt has its audit line");
+    api.cleanup().await;
+}

@@ -70,61 +70,56 @@ impl Size {
     }
 }
 
-fn exceeded(limit: &'static str, value: u32, what: String) -> ApiError {
-    ApiError::LimitExceeded { limit, value, what }
-}
+/// One limit against what a plan asks for: the limit's field, its value, the plan's count, and
+/// what the request asked for, said with that count.
+type SizeCheck = (&'static str, u32, u32, fn(u32) -> String);
 
 /// Refuses a plan, as the caller asked for it, that is larger than `limits` allow.
 pub fn check_request(plan: &Plan, limits: &LimitsSpec) -> Result<(), ApiError> {
     let size = Size::of_plan(plan);
-    let checks = [
-        (
-            "maxLogicDepth",
-            limits.max_logic_depth,
-            size.logic_depth,
-            "the filter nests logic groups {} deep",
-        ),
-        (
-            "maxFilterTerms",
-            limits.max_filter_terms,
-            size.filter_terms,
-            "the request has {} filter conditions",
-        ),
-        (
-            "maxEmbedDepth",
-            limits.max_embed_depth,
-            size.embed_depth,
-            "select nests embedded resources {} deep",
-        ),
-        (
-            "maxEmbeds",
-            limits.max_embeds,
-            size.embeds,
-            "select embeds {} resources",
-        ),
+    let checks: [SizeCheck; 5] = [
+        ("maxLogicDepth", limits.max_logic_depth, size.logic_depth, |asked| {
+            format!("the filter nests logic groups {asked} deep")
+        }),
+        ("maxFilterTerms", limits.max_filter_terms, size.filter_terms, |asked| {
+            format!("the request has {asked} filter conditions")
+        }),
+        ("maxEmbedDepth", limits.max_embed_depth, size.embed_depth, |asked| {
+            format!("select nests embedded resources {asked} deep")
+        }),
+        ("maxEmbeds", limits.max_embeds, size.embeds, |asked| {
+            format!("select embeds {asked} resources")
+        }),
         (
             "maxSelectedColumns",
             limits.max_selected_columns,
             size.selected_columns,
-            "select names {} columns",
+            |asked| format!("select names {asked} columns"),
         ),
     ];
     if let Some((limit, value, asked, what)) = checks.into_iter().find(|(_, value, asked, _)| asked > value) {
-        return Err(exceeded(limit, value, what.replace("{}", &asked.to_string())));
+        return Err(ApiError::LimitExceeded {
+            limit,
+            value,
+            what: what(asked),
+        });
     }
-    check_bind_parameters(plan, limits)
+    check_bound(size.bind_parameters, limits)
 }
 
-/// Refuses a plan that binds more values than `limits` allow; checked again once the role's
-/// row filters are part of the plan, since they bind values too.
+/// Refuses a plan that binds more values than `limits` allow; called again once the role's row
+/// filters are part of the plan, since they bind values too.
 pub fn check_bind_parameters(plan: &Plan, limits: &LimitsSpec) -> Result<(), ApiError> {
-    let bound = Size::of_plan(plan).bind_parameters;
+    check_bound(Size::of_plan(plan).bind_parameters, limits)
+}
+
+fn check_bound(bound: u64, limits: &LimitsSpec) -> Result<(), ApiError> {
     if bound > u64::from(limits.max_bind_parameters) {
-        return Err(exceeded(
-            "maxBindParameters",
-            limits.max_bind_parameters,
-            format!("the request binds {bound} values (filter and in values, written cells)"),
-        ));
+        return Err(ApiError::LimitExceeded {
+            limit: "maxBindParameters",
+            value: limits.max_bind_parameters,
+            what: format!("the request binds {bound} values (filter and in values, written cells)"),
+        });
     }
     Ok(())
 }

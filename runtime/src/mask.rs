@@ -168,38 +168,34 @@ impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
 fn masked_text(mask: &FieldMask, raw: &RawValue) -> Result<String, serde_json::Error> {
     let text = raw.get().trim();
     let value = if text.starts_with('"') {
-        masked(mask, &Value::String(serde_json::from_str(text)?))
+        let string: String = serde_json::from_str(text)?;
+        masked_as(mask, Some(&string))
     } else if text == "null" {
-        masked(mask, &Value::Null)
+        masked_as(mask, None)
     } else {
-        masked_scalar_text(mask, text)
+        masked_as(mask, Some(text))
     };
     serde_json::to_string(&value)
-}
-
-/// [`masked`] for a non-null, non-string value given as its JSON text.
-fn masked_scalar_text(mask: &FieldMask, text: &str) -> Value {
-    match mask.strategy {
-        MaskStrategy::Fixed => Value::String(mask.with.clone().unwrap_or_default()),
-        MaskStrategy::Null => Value::Null,
-        MaskStrategy::Hash => Value::String(hex::encode(Sha256::digest(text.as_bytes()))),
-        MaskStrategy::KeepLast => Value::String(keep_last(text, mask.keep_last.unwrap_or(0) as usize)),
-    }
 }
 
 /// The value `mask` shows instead of `value`. NULL stays NULL except for `fixed`, which always
 /// shows its text, so a fixed mask does not even tell whether a value exists.
 pub fn masked(mask: &FieldMask, value: &Value) -> Value {
-    let text = || match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    };
-    match mask.strategy {
-        MaskStrategy::Fixed => Value::String(mask.with.clone().unwrap_or_default()),
-        _ if value.is_null() => Value::Null,
-        MaskStrategy::Null => Value::Null,
-        MaskStrategy::Hash => Value::String(hex::encode(Sha256::digest(text().as_bytes()))),
-        MaskStrategy::KeepLast => Value::String(keep_last(&text(), mask.keep_last.unwrap_or(0) as usize)),
+    match value {
+        Value::Null => masked_as(mask, None),
+        Value::String(text) => masked_as(mask, Some(text)),
+        other => masked_as(mask, Some(&other.to_string())),
+    }
+}
+
+/// [`masked`] for a value given as its text (a string's contents, another scalar's JSON), or
+/// `None` for NULL.
+fn masked_as(mask: &FieldMask, text: Option<&str>) -> Value {
+    match (mask.strategy, text) {
+        (MaskStrategy::Fixed, _) => Value::String(mask.with.clone().unwrap_or_default()),
+        (_, None) | (MaskStrategy::Null, _) => Value::Null,
+        (MaskStrategy::Hash, Some(text)) => Value::String(hex::encode(Sha256::digest(text.as_bytes()))),
+        (MaskStrategy::KeepLast, Some(text)) => Value::String(keep_last(text, mask.keep_last.unwrap_or(0) as usize)),
     }
 }
 

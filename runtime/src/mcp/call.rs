@@ -122,10 +122,22 @@ type ToolResult = Result<String, Outcome>;
 /// result carries its exact text only.
 const MAX_STRUCTURED_DEPTH: usize = 1_024;
 
+/// serde_json's nesting limit when parsing.
+const SERDE_DEPTH_LIMIT: usize = 128;
+
 /// A tool result's text parsed as its structured content, or `None` when it nests deeper than
-/// [`MAX_STRUCTURED_DEPTH`].
+/// [`MAX_STRUCTURED_DEPTH`]. Results within serde_json's limit, nearly all, are parsed once.
 fn structured_content(text: &str) -> Result<Option<Value>, ErrorData> {
-    if json_depth(text) > MAX_STRUCTURED_DEPTH {
+    let error = match serde_json::from_str(text) {
+        Ok(value) => return Ok(Some(value)),
+        Err(error) => error,
+    };
+    let depth = json_depth(text);
+    if depth <= SERDE_DEPTH_LIMIT {
+        tracing::error!(%error, "a tool result is not JSON");
+        return Err(ErrorData::internal_error("the tool produced an invalid result", None));
+    }
+    if depth > MAX_STRUCTURED_DEPTH {
         tracing::info!(
             max_depth = MAX_STRUCTURED_DEPTH,
             "a tool result nests too deeply for structured content; it is sent as text only"

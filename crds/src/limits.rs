@@ -124,6 +124,28 @@ impl Default for LimitsSpec {
 }
 
 impl LimitsSpec {
+    /// The first limit set to 0, by its field name. Zero would refuse every request or close
+    /// every connection: the CRD's minimum of 1 keeps it out of a cluster, [`crate::resolve`]
+    /// out of `serve --manifests`.
+    pub fn first_zero(&self) -> Option<&'static str> {
+        [
+            ("maxLogicDepth", self.max_logic_depth),
+            ("maxEmbedDepth", self.max_embed_depth),
+            ("maxEmbeds", self.max_embeds),
+            ("maxFilterTerms", self.max_filter_terms),
+            ("maxSelectedColumns", self.max_selected_columns),
+            ("maxBindParameters", self.max_bind_parameters),
+            ("failedAuthPerMinute", self.failed_auth_per_minute),
+            ("headerReadTimeoutSeconds", self.header_read_timeout_seconds),
+            ("bodyReadTimeoutSeconds", self.body_read_timeout_seconds),
+            ("idleTimeoutSeconds", self.idle_timeout_seconds),
+            ("shutdownTimeoutSeconds", self.shutdown_timeout_seconds),
+        ]
+        .into_iter()
+        .find(|(_, value)| *value == 0)
+        .map(|(field, _)| field)
+    }
+
     /// [`Self::header_read_timeout_seconds`] as a duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(u64::from(self.header_read_timeout_seconds))

@@ -152,6 +152,12 @@ pub fn resolve(data_api: &DataApi, roles: &[ApiRole], key_hashes: &KeyHashes) ->
             ),
         ));
     }
+    if let Some(field) = spec.limits.first_zero() {
+        return Err(api.invalid(
+            &format!("spec.limits.{field}"),
+            "is 0, which would refuse every request or close every connection; set at least 1, or leave it out for its default".into(),
+        ));
+    }
     if spec.rest.enabled && spec.mcp.enabled && spec.rest.base_path == spec.mcp.path {
         return Err(api.invalid(
             "spec.mcp.path",
@@ -915,6 +921,10 @@ spec: { database: { engine: sqlite, path: /data/tiny.db } }
             (
                 "spec: { database: { engine: sqlite, path: a.db }, runtime: { replicas: 3 } }",
                 "spec.runtime.replicas",
+            ),
+            (
+                "spec: { database: { engine: sqlite, path: a.db }, limits: { idleTimeoutSeconds: 0 } }",
+                "spec.limits.idleTimeoutSeconds",
             ),
             (
                 "spec: { database: { engine: postgres } }",
